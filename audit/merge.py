@@ -1,0 +1,160 @@
+"""Merging several models: naive averaging, pairwise Re-Basin, MergeMany and the hierarchical scheme.
+
+Every function returns a `MergeResult`: the merged state dict and a JSON-serializable provenance
+record (the base models, who was permuted onto whom, the tree, sweeps, convergence, seeds), so
+every merged model can be traced back to its inputs.
+
+Seeds: each function draws everything random (pairing order, MergeMany visiting order, the layer
+order inside each weight matching) from one ``numpy.random.default_rng(seed)``; the derived
+per-call seeds are written into the provenance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .rebasin import PermutationSpec, Params, apply_permutation, check_compatible, interpolate, weight_matching
+
+PERMUTE_SIDES = ("first", "second")
+PAIRINGS = ("adjacent", "random")
+
+
+@dataclass
+class MergeResult:
+    params: Params
+    provenance: dict
+
+
+def _names(params_list: Sequence[Mapping[str, Tensor]], names: Sequence[str] | None) -> list[str]:
+    if not params_list:
+        raise ValueError("no models to merge")
+    names = [f"m{i}" for i in range(len(params_list))] if names is None else [str(n) for n in names]
+    if len(names) != len(params_list):
+        raise ValueError(f"{len(names)} names for {len(params_list)} models")
+    for other, name in zip(params_list[1:], names[1:]):
+        check_compatible(params_list[0], other, (names[0], name))
+    return names
+
+
+def _mean(params_list: Sequence[Mapping[str, Tensor]]) -> Params:
+    first = params_list[0]
+    return {k: torch.stack([p[k] for p in params_list]).mean(0) if v.is_floating_point() else v.clone()
+            for k, v in first.items()}
+
+
+def _child_seed(rng: np.random.Generator) -> int:
+    return int(rng.integers(2**31 - 1))
+
+
+def naive_merge(params_list: Sequence[Mapping[str, Tensor]], *, names: Sequence[str] | None = None) -> MergeResult:
+    """Plain parameter average, no permutation (the baseline Re-Basin is meant to beat)."""
+    names = _names(params_list, names)
+    return MergeResult(_mean(params_list), {"method": "naive", "models": names})
+
+
+def pairwise_merge(a: Mapping[str, Tensor], b: Mapping[str, Tensor], spec: PermutationSpec, *, lam: float = 0.5,
+                   seed: int = 0, permute: str = "second", max_iter: int = 100,
+                   names: Sequence[str] = ("A", "B")) -> MergeResult:
+    """Permute one model onto the other, then ``(1 - lam) * A + lam * B`` (lam is B's weight).
+
+    ``permute="second"`` moves B into A's basin (Franke et al.'s convention); ``"first"`` moves A
+    into B's.
+    """
+    if permute not in PERMUTE_SIDES:
+        raise ValueError(f"permute must be one of {PERMUTE_SIDES}, got {permute!r}")
+    na, nb = _names([a, b], names)
+    if permute == "second":
+        match = weight_matching(spec, a, b, seed=seed, max_iter=max_iter)
+        a, b = a, apply_permutation(spec, match.perms, b)
+        moved, onto = nb, na
+    else:
+        match = weight_matching(spec, b, a, seed=seed, max_iter=max_iter)
+        a, b = apply_permutation(spec, match.perms, a), b
+        moved, onto = na, nb
+    prov = {"method": "pairwise", "models": [na, nb], "permuted": moved, "onto": onto, "lam": lam,
+            "seed": seed, "sweeps": match.sweeps, "converged": match.converged, "objective": match.objective}
+    return MergeResult(interpolate(a, b, lam), prov)
+
+
+def merge_many(params_list: Sequence[Mapping[str, Tensor]], spec: PermutationSpec, *, seed: int = 0,
+               max_iter: int = 100, names: Sequence[str] | None = None) -> MergeResult:
+    """MergeMany (Ainsworth et al. Alg. 3): align every model to the mean of the others, repeatedly.
+
+    Each iteration visits the models in a seeded random order and weight-matches model i (in its
+    current permutation) to the mean of the other n-1 permuted models. It stops after an iteration
+    in which no permutation changed (converged) or after ``max_iter`` iterations. Because a matching
+    only moves when it raises <mean of others, model i> by more than 1e-12, "no change" is the
+    reference code's "no L2 progress". The result is the mean of the permuted models.
+    """
+    names = _names(params_list, names)
+    n = len(params_list)
+    rng = np.random.default_rng(seed)
+    current = [dict(p) for p in params_list]
+    history = []
+    converged = n == 1
+    iteration = 0
+    while not converged and iteration < max_iter:
+        iteration += 1
+        changed, sweeps, solves, seeds = [], 0, 0, []
+        order = rng.permutation(n).tolist()
+        for i in order:
+            others = _mean([current[j] for j in range(n) if j != i])
+            s = _child_seed(rng)
+            match = weight_matching(spec, others, current[i], seed=s, max_iter=max_iter)
+            sweeps += match.sweeps
+            solves += match.solves
+            seeds.append(s)
+            if any(not torch.equal(perm, torch.arange(perm.numel())) for perm in match.perms.values()):
+                current[i] = apply_permutation(spec, match.perms, current[i])
+                changed.append(names[i])
+        history.append({"order": [names[i] for i in order], "seeds": seeds, "changed": changed,
+                        "inner_sweeps": sweeps, "inner_solves": solves})
+        converged = not changed
+    prov = {"method": "mergemany", "models": names, "seed": seed, "iterations": iteration,
+            "converged": converged, "max_iter": max_iter, "history": history}
+    return MergeResult(_mean(current), prov)
+
+
+def hierarchical_merge(params_list: Sequence[Mapping[str, Tensor]], spec: PermutationSpec, *, seed: int = 0,
+                       lam: float = 0.5, pairing: str = "adjacent", permute: str = "second",
+                       max_iter: int = 100, names: Sequence[str] | None = None) -> MergeResult:
+    """Franke et al.'s scheme: 2^n models merged pairwise and disjointly over n stages.
+
+    Stage s pairs the outputs of stage s-1: neighbours in list order (``pairing="adjacent"``) or
+    in an order drawn from the seed (``"random"``), and merges each pair with `pairwise_merge`.
+    With lam = 0.5 every base model ends with weight 2^-n, as in MergeMany and naive averaging.
+    The provenance lists every stage's merges (which node was permuted onto which).
+    """
+    if pairing not in PAIRINGS:
+        raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
+    if permute not in PERMUTE_SIDES:
+        raise ValueError(f"permute must be one of {PERMUTE_SIDES}, got {permute!r}")
+    n = len(params_list)
+    if n < 1 or n & (n - 1):
+        raise ValueError(f"hierarchical merge needs a power-of-two number of models, got {n}")
+    names = _names(params_list, names)
+    rng = np.random.default_rng(seed)
+    nodes = list(zip(names, params_list))
+    stages = []
+    while len(nodes) > 1:
+        order = rng.permutation(len(nodes)).tolist() if pairing == "random" else list(range(len(nodes)))
+        merged, stage = [], []
+        for left, right in zip(order[::2], order[1::2]):
+            (ln, lp), (rn, rp) = nodes[left], nodes[right]
+            s = _child_seed(rng)
+            res = pairwise_merge(lp, rp, spec, lam=lam, seed=s, permute=permute, max_iter=max_iter, names=(ln, rn))
+            out = f"({ln}+{rn})"
+            p = res.provenance
+            stage.append({"left": ln, "right": rn, "permuted": p["permuted"], "onto": p["onto"], "output": out,
+                          "seed": s, "sweeps": p["sweeps"], "converged": p["converged"]})
+            merged.append((out, res.params))
+        stages.append(stage)
+        nodes = merged
+    prov = {"method": "hierarchical", "models": names, "seed": seed, "lam": lam, "pairing": pairing,
+            "permute": permute, "stages": stages, "tree": nodes[0][0]}
+    return MergeResult({k: v.clone() for k, v in nodes[0][1].items()}, prov)

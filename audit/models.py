@@ -1,0 +1,113 @@
+"""MLP classifiers whose input is always [0, 1] pixels.
+
+Normalization lives inside the model as a fixed layer, so every consumer (training, evaluation,
+attacks) feeds raw pixels and attack budgets are in pixel units. This rules out the bug class of
+training and evaluating with different normalizations.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+# Hidden widths of the published architectures.
+PRESETS: dict[str, tuple[int, ...]] = {
+    "paper": (512, 512, 512, 256),  # Franke et al. 2025 (from the PyTorch port they adapted)
+    "rebasin": (512, 512, 512),  # Ainsworth et al. 2023, MNIST/CIFAR-10 MLP
+}
+
+
+def resolve_widths(widths: str | Sequence[int]) -> tuple[int, ...]:
+    """A preset name or an explicit sequence of hidden widths -> tuple of positive ints."""
+    if isinstance(widths, str):
+        if widths not in PRESETS:
+            raise ValueError(f"unknown architecture preset {widths!r}; allowed: {sorted(PRESETS)}")
+        return PRESETS[widths]
+    out = tuple(int(w) for w in widths)
+    if not out or any(w <= 0 for w in out):
+        raise ValueError(f"hidden widths must be a non-empty list of positive ints, got {list(widths)}")
+    return out
+
+
+class Normalize(nn.Module):
+    """Fixed per-feature affine map (x - mean) / std on flattened inputs.
+
+    Per-channel statistics are expanded to per-feature buffers in channel-major (C, H, W) order,
+    the order `flatten` produces. Buffers are part of the state dict (so a saved model carries its
+    normalization) but are never trained.
+    """
+
+    def __init__(self, in_features: int, mean=None, std=None):
+        super().__init__()
+        self.register_buffer("mean", _per_feature(mean, in_features, default=0.0))
+        self.register_buffer("std", _per_feature(std, in_features, default=1.0))
+        if torch.any(self.std <= 0):
+            raise ValueError("normalization std must be positive")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+def _per_feature(values, in_features: int, default: float) -> Tensor:
+    if values is None:
+        return torch.full((in_features,), default)
+    t = torch.as_tensor(values, dtype=torch.float32).flatten()
+    if t.numel() == 1:
+        return t.expand(in_features).clone()
+    if in_features % t.numel():
+        raise ValueError(f"{t.numel()} channel statistics do not divide {in_features} input features")
+    return t.repeat_interleave(in_features // t.numel())
+
+
+class MLP(nn.Module):
+    """flatten -> fixed normalization -> (Linear, ReLU) x len(widths) -> Linear (logits).
+
+    State-dict keys: ``norm.mean``, ``norm.std``, ``hidden.{i}.weight|bias``, ``head.weight|bias``.
+    Torch convention: weights are (out_features, in_features).
+    """
+
+    def __init__(self, in_features: int, widths: str | Sequence[int], n_classes: int, mean=None, std=None):
+        super().__init__()
+        self.in_features = int(in_features)
+        self.widths = resolve_widths(widths)
+        self.n_classes = int(n_classes)
+        self.norm = Normalize(self.in_features, mean, std)
+        dims = (self.in_features, *self.widths)
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.head = nn.Linear(dims[-1], self.n_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.norm(x.flatten(1))
+        for layer in self.hidden:
+            h = torch.relu(layer(h))
+        return self.head(h)
+
+    @property
+    def architecture(self) -> dict:
+        """JSON-serializable description, enough to rebuild the module."""
+        return {"in_features": self.in_features, "widths": list(self.widths), "n_classes": self.n_classes}
+
+    @classmethod
+    def from_state_dict(cls, params: Mapping[str, Tensor]) -> "MLP":
+        """Rebuild an MLP from its parameters alone (architecture inferred from shapes)."""
+        arch = architecture_of(params)
+        model = cls(arch["in_features"], arch["widths"], arch["n_classes"])
+        model.load_state_dict(dict(params))
+        return model
+
+
+_HIDDEN = re.compile(r"^hidden\.(\d+)\.weight$")
+
+
+def architecture_of(params: Mapping[str, Tensor]) -> dict:
+    """Infer {in_features, widths, n_classes} from an MLP state dict; ValueError if it is not one."""
+    idx = sorted(int(m.group(1)) for k in params if (m := _HIDDEN.match(k)))
+    if not idx or idx != list(range(len(idx))) or "head.weight" not in params:
+        raise ValueError("not an audit.models.MLP state dict (needs hidden.0..k.weight and head.weight)")
+    widths = [int(params[f"hidden.{i}.weight"].shape[0]) for i in idx]
+    in_features = int(params["hidden.0.weight"].shape[1])
+    n_classes = int(params["head.weight"].shape[0])
+    return {"in_features": in_features, "widths": widths, "n_classes": n_classes}

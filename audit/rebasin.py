@@ -1,0 +1,286 @@
+"""Git Re-Basin weight matching (Ainsworth et al., ICLR 2023, Algorithm 1) for state dicts.
+
+Conventions
+-----------
+* Parameters are state dicts ``dict[str, Tensor]``.
+* A permutation is an int64 vector ``perm`` of length n; permuting an axis by it means
+  ``w.index_select(axis, perm)``, i.e. entry i of the permuted axis is entry ``perm[i]`` of the
+  original. ``weight_matching(spec, a, b)`` returns the perms that move B onto A.
+* The objective is ``sum over permuted params of <W_a, P(W_b)>`` (Frobenius inner product). As the
+  norms of P(W_b) do not depend on P, maximising it minimises ``||A - P(B)||^2``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+
+from .models import architecture_of
+
+Params = dict[str, Tensor]
+
+# Minimum objective gain that counts as progress (same threshold as the reference code). The
+# objective is O(1e1..1e4) for trained MLPs, so float64 rounding (~1e-16 relative) stays far below.
+IMPROVEMENT_TOL = 1e-12
+
+
+@dataclass(frozen=True)
+class PermutationSpec:
+    """Which permutation acts on which axis of which parameter.
+
+    ``axes_to_perm[name][axis]`` is the permutation name acting on that axis, or None.
+    Parameters not listed (normalization buffers) are never permuted.
+    """
+
+    axes_to_perm: dict[str, tuple[str | None, ...]]
+    perm_to_axes: dict[str, list[tuple[str, int]]] = field(init=False)
+
+    def __post_init__(self):
+        p2a: dict[str, list[tuple[str, int]]] = {}
+        for name, axes in self.axes_to_perm.items():
+            for axis, perm in enumerate(axes):
+                if perm is not None:
+                    p2a.setdefault(perm, []).append((name, axis))
+        object.__setattr__(self, "perm_to_axes", p2a)
+
+    @property
+    def perm_names(self) -> list[str]:
+        return sorted(self.perm_to_axes)
+
+    def perm_sizes(self, params: Mapping[str, Tensor]) -> dict[str, int]:
+        return {p: int(params[k].shape[ax]) for p, [(k, ax), *_] in self.perm_to_axes.items()}
+
+
+def mlp_permutation_spec(model: nn.Module | Mapping[str, Tensor]) -> PermutationSpec:
+    """Spec of an `audit.models.MLP` of any depth: hidden layer l's units are permuted by ``P_l``.
+
+    ``hidden.l.weight`` (out, in): rows by P_l, columns by P_{l-1}; ``hidden.l.bias`` by P_l;
+    the input side of the first layer and the logits are not permuted.
+    """
+    params = model.state_dict() if isinstance(model, nn.Module) else model
+    n_hidden = len(architecture_of(params)["widths"])
+    axes: dict[str, tuple[str | None, ...]] = {}
+    for layer in range(n_hidden):
+        prev = f"P_{layer - 1}" if layer else None
+        axes[f"hidden.{layer}.weight"] = (f"P_{layer}", prev)
+        axes[f"hidden.{layer}.bias"] = (f"P_{layer}",)
+    axes["head.weight"] = (None, f"P_{n_hidden - 1}")
+    axes["head.bias"] = (None,)
+    return PermutationSpec(axes)
+
+
+def check_compatible(params_a: Mapping[str, Tensor], params_b: Mapping[str, Tensor],
+                     names: tuple[str, str] = ("A", "B")) -> None:
+    """ValueError naming the models and the first differing key/shape if they cannot be merged."""
+    ka, kb = set(params_a), set(params_b)
+    if ka != kb:
+        diff = sorted(ka ^ kb)
+        raise ValueError(f"models {names[0]} and {names[1]} have different parameters: {diff[:3]}")
+    for k in sorted(ka):
+        if params_a[k].shape != params_b[k].shape:
+            raise ValueError(f"models {names[0]} and {names[1]} differ in architecture: {k} has shape "
+                             f"{tuple(params_a[k].shape)} vs {tuple(params_b[k].shape)}")
+
+
+def apply_permutation(spec: PermutationSpec, perms: Mapping[str, Tensor], params: Mapping[str, Tensor]) -> Params:
+    """Return a new state dict with every listed axis permuted; unlisted tensors are shared, not copied."""
+    out: Params = {}
+    for name, w in params.items():
+        for axis, p in enumerate(spec.axes_to_perm.get(name, ())):
+            if p is not None:
+                w = w.index_select(axis, perms[p].to(w.device))
+        out[name] = w
+    return out
+
+
+def interpolate(params_a: Mapping[str, Tensor], params_b: Mapping[str, Tensor], lam: float) -> Params:
+    """``(1 - lam) * A + lam * B`` for floating tensors; lam 0 and 1 return the endpoints exactly."""
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must be in [0, 1], got {lam}")
+    check_compatible(params_a, params_b)
+    if lam == 0.0:
+        return {k: v.clone() for k, v in params_a.items()}
+    if lam == 1.0:
+        return {k: v.clone() for k, v in params_b.items()}
+    return {k: (1 - lam) * a + lam * params_b[k] if a.is_floating_point() else a.clone()
+            for k, a in params_a.items()}
+
+
+def invert_permutation(perm: Tensor) -> Tensor:
+    return torch.argsort(perm)
+
+
+def identity_perms(spec: PermutationSpec, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {p: torch.arange(n) for p, n in spec.perm_sizes(params).items()}
+
+
+@dataclass
+class MatchResult:
+    """Outcome of `weight_matching`.
+
+    perms: int64 CPU vectors moving B onto A. objective: the objective after each sweep
+    (objective_init is the identity's). converged: stopped by the improvement rule, not max_iter.
+    solves: linear assignments actually solved (skipped ones not counted).
+    """
+
+    perms: dict[str, Tensor]
+    objective: list[float]
+    objective_init: float
+    sweeps: int
+    converged: bool
+    seed: int
+    solves: int
+
+
+def weight_matching(spec: PermutationSpec, params_a: Mapping[str, Tensor], params_b: Mapping[str, Tensor],
+                    *, seed: int = 0, max_iter: int = 100, init_perms: Mapping[str, Tensor] | None = None,
+                    ) -> MatchResult:
+    """Coordinate descent over the permutations (Ainsworth et al. Alg. 1).
+
+    Each sweep visits the permutations in a random order drawn from ``seed``; for ``P_l`` it builds
+    ``S = sum_k W_a^k @ W_b^k.T`` over the parameters touching ``P_l`` (the other axes of W_b
+    already permuted, biases included) and solves the linear assignment maximising ``trace``.
+    A new assignment is accepted only if it raises the objective by more than 1e-12, so a sweep
+    without progress changes nothing and ends the search: it always terminates.
+    Similarities are computed in float64 on the device of ``params_a``; the assignment on CPU.
+
+    The result is exactly that of visiting the perms one by one; three shortcuts make it faster:
+    * terms of S whose parameter has no other permuted axis are computed once;
+    * a perm whose neighbours (perms sharing a parameter with it) have not moved since it was last
+      solved is skipped: its S is unchanged, so its current assignment is still optimal;
+    * consecutive perms in the visiting order that share no parameter are solved concurrently
+      (scipy releases the GIL): neither's similarity depends on the other's outcome.
+    """
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    check_compatible(params_a, params_b)
+    dev = next(iter(params_a.values())).device
+    keys = list(spec.axes_to_perm)
+    a = {k: params_a[k].detach().to(dev, torch.float64) for k in keys}
+    b = {k: params_b[k].detach().to(dev, torch.float64) for k in keys}
+    perms = {p: t.to(dev) for p, t in (init_perms or identity_perms(spec, a)).items()}
+    terms = _SimilarityTerms(spec, a, b, {p: t.numel() for p, t in perms.items()})
+
+    changes = dict.fromkeys(perms, 0)  # how often each perm has moved
+    seen: dict[str, dict[str, int]] = {}  # perm -> its neighbours' change counts when last solved
+
+    def dirty(p: str) -> bool:
+        return seen.get(p) != {q: changes[q] for q in terms.neighbours[p]}
+
+    def solve(batch: list[str]) -> float:
+        """Solve mutually independent perms from the current state (concurrently: scipy releases
+        the GIL) and return the objective gain; the same as solving them one after another."""
+        sims = []
+        for p in batch:
+            seen[p] = {q: changes[q] for q in terms.neighbours[p]}
+            sims.append(terms.similarity(p, perms).cpu().numpy())
+        cols = list(_pool().map(_assign, sims)) if len(batch) > 1 else [_assign(sims[0])]
+        solves[0] += len(batch)
+        gain = 0.0
+        for p, s, col in zip(batch, sims, cols):
+            rows = np.arange(len(col))
+            new, old = s[rows, col].sum(), s[rows, perms[p].cpu().numpy()].sum()
+            if new > old + IMPROVEMENT_TOL:
+                perms[p] = torch.from_numpy(col).to(dev)
+                changes[p] += 1
+                gain += new - old
+        return gain
+
+    solves = [0]
+    rng = np.random.default_rng(seed)
+    # The objective moves by exactly the accepted gains (terms not touching the solved perm are
+    # unchanged), so it is tracked incrementally instead of re-permuting every parameter.
+    history: list[float] = []
+    cur = init = terms.objective(perms)
+    converged = False
+    for _ in range(max_iter):
+        gain, batch = 0.0, []
+        for p in rng.permutation(spec.perm_names):
+            if any(p in terms.neighbours[q] for q in batch):  # p depends on the batch's outcome
+                gain += solve(batch)
+                batch = []
+            if dirty(p):
+                batch.append(p)
+        if batch:
+            gain += solve(batch)
+        cur += gain
+        history.append(cur)
+        if gain <= IMPROVEMENT_TOL:
+            converged = True
+            break
+    return MatchResult({p: t.cpu() for p, t in perms.items()}, history, init, len(history), converged, seed,
+                       solves[0])
+
+
+class _SimilarityTerms:
+    """The operands of every perm's similarity matrix, laid out once for fast products.
+
+    For a parameter touching perm p on ``axis`` it keeps W_a as an (n, rest) matrix. If no other
+    axis is permuted, its product with W_b is constant and precomputed. If exactly one other axis
+    (perm q) is, W_b is kept transposed, (rest, n), so that permuting by q is a cheap row gather.
+    """
+
+    def __init__(self, spec: PermutationSpec, a: Params, b: Params, sizes: dict[str, int]):
+        self.spec, self.a, self.b = spec, a, b
+        self.const: dict[str, Tensor] = {}
+        self.varying: dict[str, list[tuple[Tensor, Tensor, str, str, int]]] = {}
+        self.neighbours: dict[str, set[str]] = {}
+        for p, touching in spec.perm_to_axes.items():
+            n = sizes[p]
+            dev = a[touching[0][0]].device
+            self.const[p] = torch.zeros(n, n, dtype=torch.float64, device=dev)
+            self.varying[p], self.neighbours[p] = [], set()
+            for k, axis in touching:
+                others = [(ax, q) for ax, q in enumerate(spec.axes_to_perm[k]) if q is not None and ax != axis]
+                self.neighbours[p] |= {q for _, q in others}
+                a_rows = _rows(a[k], axis, n)
+                if not others:
+                    self.const[p] += a_rows @ _rows(b[k], axis, n).T
+                elif len(others) == 1 and a[k].ndim == 2:
+                    self.varying[p].append((a_rows, _rows(b[k], axis, n).T.contiguous(), others[0][1], k, axis))
+                else:  # general tensors: permute W_b's other axes explicitly
+                    self.varying[p].append((a_rows, None, "", k, axis))
+
+    def similarity(self, p: str, perms: Mapping[str, Tensor]) -> Tensor:
+        sim = self.const[p].clone()
+        n = sim.shape[0]
+        for a_rows, b_t, q, k, axis in self.varying[p]:
+            if b_t is not None:
+                sim += a_rows @ b_t.index_select(0, perms[q])
+            else:
+                w_b = self.b[k]
+                for other_axis, r in enumerate(self.spec.axes_to_perm[k]):
+                    if r is not None and other_axis != axis:
+                        w_b = w_b.index_select(other_axis, perms[r])
+                sim += a_rows @ _rows(w_b, axis, n).T
+        return sim
+
+    def objective(self, perms: Mapping[str, Tensor]) -> float:
+        pb = apply_permutation(self.spec, perms, self.b)
+        return float(sum(torch.vdot(self.a[k].flatten(), pb[k].flatten()) for k in self.a))
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)))
+    return _POOL
+
+
+def _assign(sim: np.ndarray) -> np.ndarray:
+    return linear_sum_assignment(sim, maximize=True)[1]
+
+
+def _rows(w: Tensor, axis: int, n: int) -> Tensor:
+    """``w`` as an (n, -1) matrix whose rows index ``axis``."""
+    return w.movedim(axis, 0).reshape(n, -1)

@@ -1,0 +1,254 @@
+"""Training many MLPs that differ only in their seed.
+
+A model's seed fixes three independent random streams, derived with `numpy.random.SeedSequence`:
+its initialization, the order of the training data, and (if on) the augmentation draws. Both
+engines use the same streams, so they start from bit-identical weights and see identical batches:
+
+* ``loop``: one `audit.models.MLP` at a time, plain autograd (fastest on a few CPU cores).
+* ``batched``: K models stacked into (K, out, in) tensors and trained in one pass with
+  ``torch.baddbmm``; K models' losses are summed, so each model receives exactly its own gradient,
+  and Adam/SGD are elementwise, so the update equals the per-model one up to float rounding. This
+  is the engine that pays on a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .data import Dataset
+from .models import MLP
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "cosine")
+ENGINES = ("auto", "loop", "batched")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    optimizer: str = "adam"
+    lr: float = 1e-3  # learning rate (per step)
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.0  # torch's coupled weight decay (added to the gradient)
+    schedule: str = "constant"  # constant, or cosine decay to 0 over all steps
+    epochs: int = 10
+    batch_size: int = 128  # the last, smaller batch of an epoch is kept
+    l1: float = 0.0  # loss += l1 * sum |theta| over weights and biases
+    l2: float = 0.0  # loss += l2 * sum theta^2 over weights and biases
+    augment: bool = False  # random crop (4 px zero padding) and horizontal flip, for CIFAR
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        for name in ("lr", "momentum", "weight_decay", "l1", "l2"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr == 0 or self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("lr must be > 0, epochs and batch_size >= 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA device is available (use 'auto' or 'cpu')")
+    return torch.device(device)
+
+
+def resolve_engine(engine: str, device: torch.device) -> str:
+    """'auto' -> batched on GPU, loop on CPU (see benchmarks/zoo.py for the measurement behind it)."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "auto":
+        return "batched" if device.type == "cuda" else "loop"
+    return engine
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """An independent 63-bit seed for one named random stream of a model's seed."""
+    ss = np.random.SeedSequence([int(seed), zlib.crc32(stream.encode())])
+    return int(ss.generate_state(1, np.uint64)[0] & np.uint64(2**63 - 1))
+
+
+def _generator(seed: int, stream: str) -> torch.Generator:
+    return torch.Generator().manual_seed(stream_seed(seed, stream))
+
+
+def init_params(in_features: int, widths: Sequence[int], n_classes: int, seed: int,
+                mean=None, std=None) -> dict[str, Tensor]:
+    """PyTorch's default Linear init (U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias),
+    drawn from the model's own 'init' stream instead of the global RNG."""
+    g = _generator(seed, "init")
+    model = MLP(in_features, widths, n_classes, mean, std)
+    params = model.state_dict()
+    for name, t in params.items():
+        if name.startswith(("hidden.", "head.")):
+            fan_in = params[name.rsplit(".", 1)[0] + ".weight"].shape[1]
+            bound = 1.0 / math.sqrt(fan_in)
+            t.copy_((torch.rand(t.shape, generator=g) * 2 - 1) * bound)
+    return params
+
+
+class _DataStream:
+    """Per-model batch indices and augmentation, drawn from that model's own streams (on CPU)."""
+
+    def __init__(self, seed: int, n: int, batch_size: int, augment: bool):
+        self.order = _generator(seed, "data")
+        self.aug = _generator(seed, "augment") if augment else None
+        self.n, self.batch_size = n, batch_size
+
+    def epoch(self) -> list[Tensor]:
+        return list(torch.randperm(self.n, generator=self.order).split(self.batch_size))
+
+    def augment(self, x: Tensor) -> Tensor:
+        """Random crop with 4 px zero padding and a horizontal flip with p = 0.5, per sample."""
+        if self.aug is None:
+            return x
+        b, _, h, w = x.shape
+        shifts = torch.randint(0, 9, (b, 2), generator=self.aug)
+        flips = torch.rand(b, generator=self.aug) < 0.5
+        padded = F.pad(x, (4, 4, 4, 4))
+        rows = (shifts[:, :1] + torch.arange(h)).to(x.device)  # (b, h)
+        cols = (shifts[:, 1:] + torch.arange(w)).to(x.device)  # (b, w)
+        out = padded[torch.arange(b, device=x.device)[:, None, None, None],
+                     torch.arange(x.shape[1], device=x.device)[None, :, None, None],
+                     rows[:, None, :, None], cols[:, None, None, :]]
+        return torch.where(flips.to(x.device)[:, None, None, None], out.flip(-1), out)
+
+
+def _optimizer(params, cfg: TrainConfig, total_steps: int):
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps) if cfg.schedule == "cosine" else None
+    return opt, sched
+
+
+def _penalty(tensors, cfg: TrainConfig) -> Tensor | float:
+    pen = 0.0
+    if cfg.l1:
+        pen = pen + cfg.l1 * sum(t.abs().sum() for t in tensors)
+    if cfg.l2:
+        pen = pen + cfg.l2 * sum(t.pow(2).sum() for t in tensors)
+    return pen
+
+
+@dataclass
+class TrainedModel:
+    seed: int
+    params: dict[str, Tensor]  # on CPU
+    metrics: dict[str, float]  # train/test accuracy and loss after training
+
+
+def evaluate_params(params: dict[str, Tensor], x: Tensor, y: Tensor, batch_size: int = 4096) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of one MLP state dict on (x, y), on x's device."""
+    model = MLP.from_state_dict(params).to(x.device)
+    correct, loss = 0, 0.0
+    with torch.no_grad():
+        for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+            logits = model(xb)
+            correct += int((logits.argmax(1) == yb).sum())
+            loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+    return correct / len(y), loss / len(y)
+
+
+def _final_metrics(params, data: Dataset, device) -> dict[str, float]:
+    out = {}
+    for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
+        acc, loss = evaluate_params(params, x.to(device), y.to(device))
+        out[f"{split}_accuracy"], out[f"{split}_loss"] = acc, loss
+    return out
+
+
+def train_loop(data: Dataset, widths: Sequence[int], cfg: TrainConfig, seed: int, *,
+               device: torch.device | str = "cpu", on_epoch: Callable[[], None] | None = None) -> TrainedModel:
+    """Train one MLP with plain autograd."""
+    device = torch.device(device)
+    model = MLP(data.in_features, widths, data.n_classes, data.mean, data.std)
+    model.load_state_dict(init_params(data.in_features, widths, data.n_classes, seed, data.mean, data.std))
+    model.to(device)
+    x, y = data.x_train.to(device), data.y_train.to(device)
+    stream = _DataStream(seed, len(y), cfg.batch_size, cfg.augment)
+    steps = cfg.epochs * math.ceil(len(y) / cfg.batch_size)
+    trainable = [p for p in model.parameters()]
+    opt, sched = _optimizer(trainable, cfg, steps)
+    model.train()
+    for _ in range(cfg.epochs):
+        for idx in stream.epoch():
+            xb = stream.augment(x[idx.to(device)])
+            loss = F.cross_entropy(model(xb), y[idx.to(device)]) + _penalty(trainable, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched:
+                sched.step()
+        if on_epoch:
+            on_epoch()
+    params = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return TrainedModel(seed, params, _final_metrics(params, data, device))
+
+
+def train_batched(data: Dataset, widths: Sequence[int], cfg: TrainConfig, seeds: Sequence[int], *,
+                  device: torch.device | str = "cpu", on_epoch: Callable[[], None] | None = None) -> list[TrainedModel]:
+    """Train len(seeds) MLPs in one pass with stacked weights (see module docstring)."""
+    device = torch.device(device)
+    k = len(seeds)
+    inits = [init_params(data.in_features, widths, data.n_classes, s, data.mean, data.std) for s in seeds]
+    layer_names = [f"hidden.{i}" for i in range(len(widths))] + ["head"]
+    weights = [torch.stack([p[f"{n}.weight"] for p in inits]).to(device).requires_grad_() for n in layer_names]
+    biases = [torch.stack([p[f"{n}.bias"] for p in inits]).to(device).requires_grad_() for n in layer_names]
+    norm_mean = torch.stack([p["norm.mean"] for p in inits]).to(device)[:, None, :]  # (K, 1, in)
+    norm_std = torch.stack([p["norm.std"] for p in inits]).to(device)[:, None, :]
+    x = data.x_train.to(device)
+    x_flat = x.flatten(1)
+    y = data.y_train.to(device)
+    streams = [_DataStream(s, len(y), cfg.batch_size, cfg.augment) for s in seeds]
+    steps = cfg.epochs * math.ceil(len(y) / cfg.batch_size)
+    trainable = [t for pair in zip(weights, biases) for t in pair]
+    opt, sched = _optimizer(trainable, cfg, steps)
+    for _ in range(cfg.epochs):
+        for batch in zip(*(s.epoch() for s in streams)):
+            idx = torch.stack(batch).to(device)  # (K, B)
+            if cfg.augment:
+                h = torch.stack([s.augment(x[i]).flatten(1) for s, i in zip(streams, idx)])
+            else:
+                h = x_flat[idx]  # (K, B, in)
+            h = (h - norm_mean) / norm_std
+            for i, (w, b) in enumerate(zip(weights, biases)):
+                h = torch.baddbmm(b[:, None, :], h, w.transpose(1, 2))
+                if i < len(weights) - 1:
+                    h = torch.relu(h)
+            # Sum over models of each model's mean loss: model k's gradient is its own loss's.
+            ce = F.cross_entropy(h.flatten(0, 1), y[idx].flatten(), reduction="none").view(k, -1).mean(1).sum()
+            loss = ce + _penalty(trainable, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched:
+                sched.step()
+        if on_epoch:
+            on_epoch()
+    out = []
+    for j, s in enumerate(seeds):
+        params = dict(inits[j])
+        for n, w, b in zip(layer_names, weights, biases):
+            params[f"{n}.weight"] = w[j].detach().cpu().clone()
+            params[f"{n}.bias"] = b[j].detach().cpu().clone()
+        out.append(TrainedModel(s, params, _final_metrics(params, data, device)))
+    return out

@@ -1,0 +1,129 @@
+import pytest
+import torch
+
+from audit.merge import hierarchical_merge, merge_many, naive_merge, pairwise_merge
+from audit.models import MLP
+from audit.rebasin import apply_permutation, mlp_permutation_spec
+from audit.zoo import evaluate_params
+
+
+def small_model(seed=0):
+    torch.manual_seed(seed)
+    return MLP(24, (16, 12, 8), 5, mean=0.5, std=0.25).state_dict()
+
+
+def permuted_copies(params, k, seed=0):
+    """k functionally identical models: the same network under k random hidden-unit permutations."""
+    spec = mlp_permutation_spec(params)
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(k):
+        perms = {p: torch.randperm(n, generator=g) for p, n in spec.perm_sizes(params).items()}
+        out.append(apply_permutation(spec, perms, params))
+    return spec, out
+
+
+def logits(params, x):
+    return MLP.from_state_dict(params)(x)
+
+
+def assert_same_params(a, b):
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 8])
+def test_merging_identical_models_returns_that_model(k):
+    p = small_model()
+    spec = mlp_permutation_spec(p)
+    models = [{n: t.clone() for n, t in p.items()} for _ in range(k)]
+    assert_same_params(naive_merge(models).params, p)
+    assert_same_params(merge_many(models, spec).params, p)
+    assert_same_params(hierarchical_merge(models, spec).params, p)
+    if k == 2:
+        for side in ("first", "second"):
+            assert_same_params(pairwise_merge(*models, spec, permute=side).params, p)
+
+
+@pytest.mark.parametrize("k", [2, 4, 8])
+def test_rebasin_merges_of_permuted_copies_recover_the_function(k):
+    """Permuted copies sit in the same basin up to permutation: every Re-Basin method must align
+    them exactly, so the merge computes the original function; naive averaging does not."""
+    p = small_model(1)
+    spec, copies = permuted_copies(p, k, seed=k)
+    x = torch.rand(64, 24)
+    want = logits(p, x)
+    for res in (hierarchical_merge(copies, spec, seed=1), merge_many(copies, spec, seed=1),
+                hierarchical_merge(copies, spec, seed=2, pairing="random", permute="first")):
+        torch.testing.assert_close(logits(res.params, x), want, rtol=1e-5, atol=1e-5)
+    assert (logits(naive_merge(copies).params, x) - want).abs().max() > 1e-2
+
+
+def test_pairwise_sides_and_lam():
+    a, b = small_model(2), small_model(3)
+    spec = mlp_permutation_spec(a)
+    second = pairwise_merge(a, b, spec, names=("a", "b"))
+    first = pairwise_merge(a, b, spec, permute="first", names=("a", "b"))
+    assert (second.provenance["permuted"], second.provenance["onto"]) == ("b", "a")
+    assert (first.provenance["permuted"], first.provenance["onto"]) == ("a", "b")
+    # lam = 0 keeps A untouched when B is the one permuted.
+    assert_same_params(pairwise_merge(a, b, spec, lam=0.0).params, a)
+    with pytest.raises(ValueError, match="permute must be one of"):
+        pairwise_merge(a, b, spec, permute="both")
+
+
+def test_hierarchical_tree_and_provenance():
+    models = [small_model(s) for s in range(8)]
+    spec = mlp_permutation_spec(models[0])
+    res = hierarchical_merge(models, spec, seed=3, names=[f"z{i}" for i in range(8)])
+    prov = res.provenance
+    assert [len(s) for s in prov["stages"]] == [4, 2, 1]
+    assert prov["tree"] == "(((z0+z1)+(z2+z3))+((z4+z5)+(z6+z7)))"
+    first = prov["stages"][0][0]
+    assert (first["permuted"], first["onto"]) == ("z1", "z0")
+    # Stage outputs feed the next stage, disjointly.
+    assert {m["output"] for m in prov["stages"][0]} == {x for m in prov["stages"][1] for x in (m["left"], m["right"])}
+
+    rnd = hierarchical_merge(models, spec, seed=3, pairing="random").provenance
+    base = [x for m in rnd["stages"][0] for x in (m["left"], m["right"])]
+    assert sorted(base) == [f"m{i}" for i in range(8)]  # every base model used exactly once
+    assert rnd["tree"] != "(((m0+m1)+(m2+m3))+((m4+m5)+(m6+m7)))"  # seed 3 draws another tree
+    assert hierarchical_merge(models, spec, seed=3, pairing="random").provenance == rnd
+
+
+def test_hierarchical_needs_a_power_of_two():
+    models = [small_model(s) for s in range(6)]
+    with pytest.raises(ValueError, match="power-of-two number of models, got 6"):
+        hierarchical_merge(models, mlp_permutation_spec(models[0]))
+
+
+def test_merge_many_provenance_and_determinism():
+    models = [small_model(s) for s in range(4)]
+    spec = mlp_permutation_spec(models[0])
+    res = merge_many(models, spec, seed=4)
+    prov = res.provenance
+    assert prov["converged"] and prov["iterations"] == len(prov["history"]) >= 2
+    assert prov["history"][-1]["changed"] == []  # stopped because nothing moved
+    assert sorted(prov["history"][0]["order"]) == ["m0", "m1", "m2", "m3"]
+    again = merge_many(models, spec, seed=4)
+    assert all(torch.equal(res.params[k], again.params[k]) for k in res.params)
+
+
+def test_merging_models_of_different_architectures_names_both():
+    a = MLP(24, (16,), 5).state_dict()
+    b = MLP(24, (12,), 5).state_dict()
+    with pytest.raises(ValueError, match="models m0 and m1 differ in architecture"):
+        naive_merge([a, b])
+
+
+@pytest.mark.slow
+def test_weight_matched_midpoint_is_far_better_than_naive_on_real_data(trained_pair):
+    data, (a, b) = trained_pair
+    spec = mlp_permutation_spec(a)
+    end_losses = [evaluate_params(p, data.x_test, data.y_test)[1] for p in (a, b)]
+    naive_loss = evaluate_params(naive_merge([a, b]).params, data.x_test, data.y_test)[1]
+    wm_loss = evaluate_params(pairwise_merge(a, b, spec).params, data.x_test, data.y_test)[1]
+    naive_barrier = naive_loss - sum(end_losses) / 2
+    wm_barrier = wm_loss - sum(end_losses) / 2
+    assert wm_loss < 0.5 * naive_loss
+    assert wm_barrier < 0.25 * naive_barrier

@@ -1,0 +1,150 @@
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from audit.models import MLP
+from audit.rebasin import (
+    apply_permutation,
+    check_compatible,
+    identity_perms,
+    interpolate,
+    invert_permutation,
+    mlp_permutation_spec,
+    weight_matching,
+)
+
+ARCHS = [(12, (7,), 3), (20, (16, 8), 4), (30, (9, 9, 9), 5), (784, "rebasin", 10), (3072, "paper", 10)]
+
+
+def random_perms(spec, params, seed):
+    g = torch.Generator().manual_seed(seed)
+    return {p: torch.randperm(n, generator=g) for p, n in spec.perm_sizes(params).items()}
+
+
+@pytest.mark.parametrize("in_features,widths,n_classes", ARCHS)
+def test_permuting_hidden_units_leaves_logits_unchanged(in_features, widths, n_classes):
+    torch.manual_seed(0)
+    model = MLP(in_features, widths, n_classes, mean=0.4, std=0.3)
+    spec = mlp_permutation_spec(model)
+    params = model.state_dict()
+    permuted = apply_permutation(spec, random_perms(spec, params, 1), params)
+    assert any(not torch.equal(params[k], permuted[k]) for k in params)  # the weights did move
+    x = torch.rand(32, in_features)
+    diff = (model(x) - MLP.from_state_dict(permuted)(x)).abs().max()
+    assert diff < 1e-5
+
+
+def test_spec_of_the_paper_mlp():
+    spec = mlp_permutation_spec(MLP(3072, "paper", 10))
+    assert spec.perm_names == ["P_0", "P_1", "P_2", "P_3"]
+    assert spec.axes_to_perm["hidden.0.weight"] == ("P_0", None)  # input pixels are not permuted
+    assert spec.axes_to_perm["hidden.2.weight"] == ("P_2", "P_1")
+    assert spec.axes_to_perm["head.weight"] == (None, "P_3")  # logits are not permuted
+    assert "norm.mean" not in spec.axes_to_perm
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_planted_permutation_is_recovered(seed):
+    torch.manual_seed(seed)
+    a = MLP(40, (24, 16, 12), 6).state_dict()
+    spec = mlp_permutation_spec(a)
+    planted = random_perms(spec, a, seed + 10)
+    b = apply_permutation(spec, planted, a)
+    b = {k: v + 1e-4 * torch.randn_like(v) if k in spec.axes_to_perm else v for k, v in b.items()}
+    res = weight_matching(spec, a, b, seed=seed)
+    assert res.converged
+    for p in planted:  # B = P(A), so the perms moving B onto A are P^-1
+        assert torch.equal(res.perms[p], invert_permutation(planted[p]))
+    solution = {p: invert_permutation(t) for p, t in planted.items()}
+    planted_obj = sum(float((a[k].double() * v.double()).sum())
+                      for k, v in apply_permutation(spec, solution, b).items() if k in spec.axes_to_perm)
+    assert res.objective[-1] == pytest.approx(planted_obj, rel=1e-12)
+
+
+def reference_weight_matching(spec, a, b, seed, max_iter=100):
+    """Algorithm 1 written plainly: every perm solved in every sweep, objective recomputed."""
+    a = {k: v.double() for k, v in a.items() if k in spec.axes_to_perm}
+    b = {k: v.double() for k, v in b.items() if k in spec.axes_to_perm}
+    perms = identity_perms(spec, a)
+    rng = np.random.default_rng(seed)
+
+    def objective():
+        pb = apply_permutation(spec, perms, b)
+        return sum(float((a[k] * pb[k]).sum()) for k in a)
+
+    history, prev = [], objective()
+    for _ in range(max_iter):
+        for p in rng.permutation(spec.perm_names):
+            n = perms[p].numel()
+            sim = torch.zeros(n, n, dtype=torch.float64)
+            for k, axis in spec.perm_to_axes[p]:
+                w_b = b[k]
+                for ax, q in enumerate(spec.axes_to_perm[k]):
+                    if q is not None and ax != axis:
+                        w_b = w_b.index_select(ax, perms[q])
+                sim += a[k].movedim(axis, 0).reshape(n, -1) @ w_b.movedim(axis, 0).reshape(n, -1).T
+            s = sim.numpy()
+            col = linear_sum_assignment(s, maximize=True)[1]
+            if s[np.arange(n), col].sum() > s[np.arange(n), perms[p].numpy()].sum() + 1e-12:
+                perms[p] = torch.from_numpy(col)
+        cur = objective()
+        history.append(cur)
+        if cur - prev <= 1e-12:
+            break
+        prev = cur
+    return perms, history
+
+
+@pytest.mark.parametrize("seed", [0, 3, 7])
+def test_shortcuts_give_exactly_the_plain_algorithm(trained_pair, seed):
+    """Caching, skipping and concurrent solving must not change a single decision."""
+    _, (a, b) = trained_pair
+    spec = mlp_permutation_spec(a)
+    ref_perms, ref_hist = reference_weight_matching(spec, a, b, seed)
+    res = weight_matching(spec, a, b, seed=seed)
+    assert res.sweeps == len(ref_hist) > 1
+    for p in ref_perms:
+        assert torch.equal(res.perms[p], ref_perms[p])
+    np.testing.assert_allclose(res.objective, ref_hist, rtol=1e-12)
+
+
+def test_objective_never_decreases_and_seed_is_deterministic(trained_pair):
+    _, (a, b) = trained_pair
+    spec = mlp_permutation_spec(a)
+    res = weight_matching(spec, a, b, seed=5)
+    steps = np.diff([res.objective_init, *res.objective])
+    assert (steps >= 0).all() and steps[0] > 0
+    again = weight_matching(spec, a, b, seed=5)
+    assert all(torch.equal(res.perms[p], again.perms[p]) for p in res.perms)
+    assert res.objective == again.objective
+
+
+def test_max_iter_caps_the_sweeps(trained_pair):
+    _, (a, b) = trained_pair
+    spec = mlp_permutation_spec(a)
+    res = weight_matching(spec, a, b, seed=0, max_iter=1)
+    assert res.sweeps == 1 and not res.converged
+    with pytest.raises(ValueError, match="max_iter"):
+        weight_matching(spec, a, b, max_iter=0)
+
+
+def test_interpolate_endpoints_are_exact_and_midpoint_is_the_mean():
+    torch.manual_seed(0)
+    a, b = MLP(10, (6,), 3).state_dict(), MLP(10, (6,), 3).state_dict()
+    for k, v in interpolate(a, b, 0.0).items():
+        assert torch.equal(v, a[k])
+    for k, v in interpolate(a, b, 1.0).items():
+        assert torch.equal(v, b[k])
+    mid = interpolate(a, b, 0.5)
+    torch.testing.assert_close(mid["hidden.0.weight"], (a["hidden.0.weight"] + b["hidden.0.weight"]) / 2)
+    with pytest.raises(ValueError, match="lam must be in"):
+        interpolate(a, b, 1.5)
+
+
+def test_incompatible_models_name_the_key_and_shapes():
+    a, b = MLP(10, (6,), 3).state_dict(), MLP(10, (8,), 3).state_dict()
+    with pytest.raises(ValueError, match=r"models A and B differ in architecture: head.weight has shape \(3, 6\) vs \(3, 8\)"):
+        check_compatible(a, b)
+    with pytest.raises(ValueError, match="different parameters"):
+        check_compatible(a, MLP(10, (6, 6), 3).state_dict())
