@@ -1,0 +1,196 @@
+"""Model files: safetensors only (never pickle), a JSON manifest with sha256s, atomic writes.
+
+A zoo is a directory::
+
+    zoo/
+      manifest.json            {"format", "zoo": {data set, architecture, training config, versions},
+                                "models": {"<seed>": {file, sha256, seed, metrics, ...}}}
+      model-000000.safetensors
+      ...
+
+Every file is written to a temporary name in the same directory and renamed into place, so a
+killed process leaves either the old file or the new one, never half of one. A model file is
+written before the manifest entry that vouches for it; a file without an entry is treated as
+unfinished and redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import Tensor
+
+from .models import architecture_of
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+
+
+class StorageError(ValueError):
+    """A stored file is missing, corrupt, tampered with or inconsistent; the message names it."""
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def params_to_bytes(params: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
+    return st_save({k: v.detach().cpu().contiguous() for k, v in params.items()}, metadata=dict(metadata or {}))
+
+
+def save_params(path: Path, params: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> str:
+    """Write a safetensors file atomically; return its sha256."""
+    data = params_to_bytes(params, metadata)
+    atomic_write_bytes(path, data)
+    return sha256_bytes(data)
+
+
+def load_params(path: Path, sha256: str | None = None) -> dict[str, Tensor]:
+    """Read a safetensors file, checking its sha256 first when one is given."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise StorageError(f"{path}: cannot read model file ({e.strerror or e})") from None
+    if sha256 is not None and sha256_bytes(data) != sha256:
+        raise StorageError(f"{path}: sha256 does not match the manifest (file modified or corrupted)")
+    try:
+        return dict(st_load(data))
+    except (SafetensorError, ValueError, RuntimeError) as e:
+        raise StorageError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def read_manifest(directory: Path) -> dict | None:
+    path = Path(directory) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise StorageError(f"{path}: unreadable manifest ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or "models" not in manifest:
+        raise StorageError(f"{path}: not a rebasin-audit manifest (format {FORMAT})")
+    return manifest
+
+
+class ModelStore:
+    """A directory of safetensors models keyed by an id, with a manifest.
+
+    ``header`` describes what every model in the store shares (data set, architecture, training
+    config...). Opening an existing store with a different header is an error naming the first
+    differing key, so models trained under other settings are never mixed in or silently reused.
+    Keys listed in ``informational`` (versions, timestamps) are recorded but not compared.
+    """
+
+    def __init__(self, directory: Path, header: Mapping, informational: Iterable[str] = ()):
+        self.dir = Path(directory)
+        self.informational = set(informational)
+        existing = read_manifest(self.dir)
+        if existing is None:
+            self.manifest = {"format": FORMAT, "zoo": dict(header), "models": {}}
+            self._write()
+        else:
+            self._check_header(existing["zoo"], header)
+            self.manifest = existing
+
+    def _check_header(self, old: Mapping, new: Mapping) -> None:
+        for key in sorted(set(old) | set(new)):
+            if key in self.informational:
+                continue
+            if _canon(old.get(key)) != _canon(new.get(key)):
+                raise StorageError(
+                    f"{self.dir / MANIFEST}: existing models were made with a different {key!r} "
+                    f"({_short(old.get(key))} vs now {_short(new.get(key))}); use another directory or delete it")
+
+    def _write(self) -> None:
+        atomic_write_json(self.dir / MANIFEST, self.manifest)
+
+    @property
+    def header(self) -> dict:
+        return self.manifest["zoo"]
+
+    @property
+    def entries(self) -> dict[str, dict]:
+        return self.manifest["models"]
+
+    def path(self, key: str) -> Path:
+        return self.dir / self.entries[key]["file"]
+
+    def verify(self, key: str) -> bool:
+        """True if the model's file exists with the recorded sha256; False if the file is missing
+        (it will be redone); StorageError naming the file if it exists but does not match."""
+        path = self.path(key)
+        if not path.exists():
+            return False
+        if sha256_file(path) != self.entries[key]["sha256"]:
+            raise StorageError(f"{path}: sha256 does not match the manifest (file modified or corrupted)")
+        return True
+
+    def finished(self) -> set[str]:
+        return {k for k in list(self.entries) if self.verify(k)}
+
+    def add(self, key: str, filename: str, params: Mapping[str, Tensor], info: Mapping) -> dict:
+        sha = save_params(self.dir / filename, params, {"key": key})
+        entry = {**info, "file": filename, "sha256": sha}
+        self.entries[key] = entry
+        self._write()
+        return entry
+
+    def load(self, key: str) -> dict[str, Tensor]:
+        if key not in self.entries:
+            raise StorageError(f"{self.dir / MANIFEST}: no model {key!r}")
+        params = load_params(self.path(key), self.entries[key]["sha256"])
+        want = self.header.get("architecture")
+        if want is not None:
+            try:
+                got = architecture_of(params)
+            except ValueError:
+                got = None
+            if got != want:
+                raise StorageError(f"{self.path(key)}: architecture {got} does not match the store's {want}")
+        return params
+
+
+def _canon(value):
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+def _short(value, limit: int = 80) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
