@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,9 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm.auto import tqdm
 
+from . import __version__
 from .data import Dataset
-from .models import MLP
+from .models import MLP, resolve_widths
 from .storage import ModelStore
 
 OPTIMIZERS = ("adam", "sgd")
@@ -153,6 +155,22 @@ def _penalty(tensors, cfg: TrainConfig) -> Tensor | float:
     return pen
 
 
+def _fit(cfg: TrainConfig, trainable: list[Tensor], n_samples: int, epoch_batches: Callable[[], Iterable],
+         batch_loss: Callable[[object], Tensor], on_epoch: Callable[[], None] | None) -> None:
+    """The optimization loop both engines share: loss + penalty, step, schedule, per epoch."""
+    opt, sched = _optimizer(trainable, cfg, cfg.epochs * math.ceil(n_samples / cfg.batch_size))
+    for _ in range(cfg.epochs):
+        for batch in epoch_batches():
+            loss = batch_loss(batch) + _penalty(trainable, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched:
+                sched.step()
+        if on_epoch:
+            on_epoch()
+
+
 @dataclass
 class TrainedModel:
     seed: int
@@ -182,28 +200,20 @@ def _final_metrics(params, data: Dataset, device) -> dict[str, float]:
 
 def train_loop(data: Dataset, widths: Sequence[int], cfg: TrainConfig, seed: int, *,
                device: torch.device | str = "cpu", on_epoch: Callable[[], None] | None = None) -> TrainedModel:
-    """Train one MLP with plain autograd."""
-    device = torch.device(device)
+    """Train one MLP with plain autograd. ``widths``: hidden widths or a preset name."""
+    device, widths = torch.device(device), resolve_widths(widths)
     model = MLP(data.in_features, widths, data.n_classes, data.mean, data.std)
     model.load_state_dict(init_params(data.in_features, widths, data.n_classes, seed, data.mean, data.std))
     model.to(device)
     x, y = data.x_train.to(device), data.y_train.to(device)
     stream = _DataStream(seed, len(y), cfg.batch_size, cfg.augment)
-    steps = cfg.epochs * math.ceil(len(y) / cfg.batch_size)
-    trainable = [p for p in model.parameters()]
-    opt, sched = _optimizer(trainable, cfg, steps)
     model.train()
-    for _ in range(cfg.epochs):
-        for idx in stream.epoch():
-            xb = stream.augment(x[idx.to(device)])
-            loss = F.cross_entropy(model(xb), y[idx.to(device)]) + _penalty(trainable, cfg)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched:
-                sched.step()
-        if on_epoch:
-            on_epoch()
+
+    def batch_loss(idx: Tensor) -> Tensor:
+        idx = idx.to(device)
+        return F.cross_entropy(model(stream.augment(x[idx])), y[idx])
+
+    _fit(cfg, list(model.parameters()), len(y), stream.epoch, batch_loss, on_epoch)
     params = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return TrainedModel(seed, params, _final_metrics(params, data, device))
 
@@ -211,7 +221,7 @@ def train_loop(data: Dataset, widths: Sequence[int], cfg: TrainConfig, seed: int
 def train_batched(data: Dataset, widths: Sequence[int], cfg: TrainConfig, seeds: Sequence[int], *,
                   device: torch.device | str = "cpu", on_epoch: Callable[[], None] | None = None) -> list[TrainedModel]:
     """Train len(seeds) MLPs in one pass with stacked weights (see module docstring)."""
-    device = torch.device(device)
+    device, widths = torch.device(device), resolve_widths(widths)
     k = len(seeds)
     inits = [init_params(data.in_features, widths, data.n_classes, s, data.mean, data.std) for s in seeds]
     layer_names = [f"hidden.{i}" for i in range(len(widths))] + ["head"]
@@ -223,31 +233,23 @@ def train_batched(data: Dataset, widths: Sequence[int], cfg: TrainConfig, seeds:
     x_flat = x.flatten(1)
     y = data.y_train.to(device)
     streams = [_DataStream(s, len(y), cfg.batch_size, cfg.augment) for s in seeds]
-    steps = cfg.epochs * math.ceil(len(y) / cfg.batch_size)
+
+    def batch_loss(batch: tuple[Tensor, ...]) -> Tensor:
+        idx = torch.stack(batch).to(device)  # (K, B)
+        if cfg.augment:
+            h = torch.stack([s.augment(x[i]).flatten(1) for s, i in zip(streams, idx)])
+        else:
+            h = x_flat[idx]  # (K, B, in)
+        h = (h - norm_mean) / norm_std
+        for i, (w, b) in enumerate(zip(weights, biases)):
+            h = torch.baddbmm(b[:, None, :], h, w.transpose(1, 2))
+            if i < len(weights) - 1:
+                h = torch.relu(h)
+        # Sum over models of each model's mean loss: model k's gradient is its own loss's.
+        return F.cross_entropy(h.flatten(0, 1), y[idx].flatten(), reduction="none").view(k, -1).mean(1).sum()
+
     trainable = [t for pair in zip(weights, biases) for t in pair]
-    opt, sched = _optimizer(trainable, cfg, steps)
-    for _ in range(cfg.epochs):
-        for batch in zip(*(s.epoch() for s in streams)):
-            idx = torch.stack(batch).to(device)  # (K, B)
-            if cfg.augment:
-                h = torch.stack([s.augment(x[i]).flatten(1) for s, i in zip(streams, idx)])
-            else:
-                h = x_flat[idx]  # (K, B, in)
-            h = (h - norm_mean) / norm_std
-            for i, (w, b) in enumerate(zip(weights, biases)):
-                h = torch.baddbmm(b[:, None, :], h, w.transpose(1, 2))
-                if i < len(weights) - 1:
-                    h = torch.relu(h)
-            # Sum over models of each model's mean loss: model k's gradient is its own loss's.
-            ce = F.cross_entropy(h.flatten(0, 1), y[idx].flatten(), reduction="none").view(k, -1).mean(1).sum()
-            loss = ce + _penalty(trainable, cfg)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched:
-                sched.step()
-        if on_epoch:
-            on_epoch()
+    _fit(cfg, trainable, len(y), lambda: zip(*(s.epoch() for s in streams)), batch_loss, on_epoch)
     out = []
     for j, s in enumerate(seeds):
         params = dict(inits[j])
@@ -260,13 +262,12 @@ def train_batched(data: Dataset, widths: Sequence[int], cfg: TrainConfig, seeds:
 
 def zoo_header(data: Dataset, widths: Sequence[int], cfg: TrainConfig) -> dict:
     """What every model of a zoo shares; a zoo directory is only ever extended under the same header."""
-    import audit
-
     return {
         "dataset": data.summary(),
-        "architecture": {"in_features": data.in_features, "widths": list(widths), "n_classes": data.n_classes},
+        "architecture": {"in_features": data.in_features, "widths": list(resolve_widths(widths)),
+                         "n_classes": data.n_classes},
         "train": cfg.to_dict(),
-        "versions": {"audit": audit.__version__, "torch": torch.__version__},
+        "versions": {"audit": __version__, "torch": torch.__version__},
     }
 
 
@@ -281,8 +282,6 @@ def train_zoo(directory, data: Dataset, widths: Sequence[int], cfg: TrainConfig,
     stored and verified are kept, only missing ones are trained. Each model is saved as soon as it
     (or its batched pass) finishes, so an interruption loses at most the pass in flight.
     """
-    from tqdm.auto import tqdm
-
     if len(set(seeds)) != len(seeds):
         raise ValueError("zoo seeds must be distinct")
     dev = resolve_device(device)

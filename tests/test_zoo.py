@@ -144,3 +144,11 @@ def test_zoo_refuses_tampered_files_and_other_settings(tmp_path, digits):
         train_zoo(tmp_path / "zoo", digits, WIDTHS, cfg, [0, 1], progress=False)
     with pytest.raises(StorageError, match="model-000000.safetensors: sha256"):
         ModelStore(tmp_path / "zoo", store.header).load("0")
+
+
+def test_presets_are_accepted_by_every_engine(digits):
+    cfg = TrainConfig(epochs=1)
+    loop = train_loop(digits, "rebasin", cfg, 0)
+    batched = train_batched(digits, "rebasin", cfg, [0])[0]
+    assert [loop.params[f"hidden.{i}.weight"].shape[0] for i in range(3)] == [512, 512, 512]
+    torch.testing.assert_close(batched.params["head.weight"], loop.params["head.weight"], rtol=1e-4, atol=1e-5)
