@@ -82,24 +82,19 @@ def deepfool(model: nn.Module, x: Tensor, *, n_classes: int, overshoot: float = 
             break
         xa = adv[idx].detach().requires_grad_(True)
         logits = model(xa)
-        still = logits.argmax(1) == k0[idx]
-        if not still.all():
-            active[idx[~still]] = False
-            idx, xa_keep = idx[still], still
-            if idx.numel() == 0:
-                break
-        else:
-            xa_keep = None
         # Per-sample gradients of every logit: samples are independent, so the gradient of the
         # batch sum of logit k is each sample's own gradient of logit k.
         grads = torch.stack([torch.autograd.grad(logits[:, k].sum(), xa, retain_graph=k < n_classes - 1)[0]
                              for k in range(n_classes)], 1)  # (m, K, ...)
-        if xa_keep is not None:
-            grads, logits = grads[xa_keep], logits[xa_keep]
+        keep = logits.argmax(1) == k0[idx]  # samples already flipped stop here
+        active[idx[~keep]] = False
+        if not keep.any():
+            break
+        idx, grads, logits = idx[keep], grads[keep], logits[keep].detach()
         orig = k0[idx]
         rows = torch.arange(len(idx), device=x.device)
         w = (grads - grads[rows, orig].unsqueeze(1)).flatten(2)  # (m, K, D)
-        f = (logits - logits[rows, orig].unsqueeze(1)).detach()  # (m, K)
+        f = logits - logits[rows, orig].unsqueeze(1)  # (m, K)
         w_norm = w.norm(dim=2)
         dist = f.abs() / (w_norm + 1e-12)
         dist[rows, orig] = float("inf")

@@ -82,10 +82,12 @@ def load_dataset(name: str, *, root: str | Path = "data", download: bool = False
         xtr, ytr, xte, yte = _split(x, y, test_fraction, seed, shuffle=shuffle_split)
     else:
         xtr, ytr, xte, yte = _load_torchvision(name, Path(root), download)
-    return _make(name, xtr, ytr, xte, yte)
+    return from_arrays(name, xtr, ytr, xte, yte)
 
 
-def _make(name, xtr, ytr, xte, yte) -> Dataset:
+def from_arrays(name: str, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray) -> Dataset:
+    """A `Dataset` from float arrays (N, C, H, W) in [0, 1] and integer labels: statistics and
+    fingerprint computed as for the built-in sets."""
     arrays = [np.ascontiguousarray(a) for a in (xtr, ytr.astype(np.int64), xte, yte.astype(np.int64))]
     h = hashlib.sha256()
     for a in arrays:

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from audit.data import _make
+from audit.data import from_arrays
 from audit.zoo import TrainConfig, resolve_device, train_batched, train_loop
 
 WIDTHS = (512, 512, 512)
@@ -90,7 +90,7 @@ def main() -> None:
     n = args.samples
     x = torch.rand(n + 256, 1, 28, 28, generator=g).numpy()
     y = torch.randint(0, 10, (n + 256,), generator=g).numpy()
-    data = _make("synthetic-mnist", x[:n], y[:n], x[n:], y[n:])
+    data = from_arrays("synthetic-mnist", x[:n], y[:n], x[n:], y[n:])
     dims = [784, *WIDTHS, 10]
     fps = flops_per_sample(dims)
     peak, bound = peak_gflops(device), shape_bound_gflops(dims, device)

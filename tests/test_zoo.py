@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import audit.zoo as zoo
-from audit.data import load_dataset
+from audit.data import from_arrays, load_dataset
 from audit.storage import ModelStore, StorageError, load_params, save_params, sha256_file
 from audit.zoo import TrainConfig, _DataStream, init_params, train_batched, train_loop, train_zoo
 
@@ -54,11 +54,9 @@ def test_batched_agrees_with_the_loop(digits, cfg):
 
 def test_batched_agrees_with_the_loop_under_augmentation():
     g = torch.Generator().manual_seed(0)
-    from audit.data import _make
-
     x = torch.rand(40, 3, 8, 8, generator=g).numpy()
     y = torch.randint(0, 4, (40,), generator=g).numpy()
-    data = _make("synthetic", x[:32], y[:32], x[32:], y[32:])
+    data = from_arrays("synthetic", x[:32], y[:32], x[32:], y[32:])
     cfg = TrainConfig(epochs=2, batch_size=8, augment=True)
     lm = train_loop(data, (16,), cfg, 1)
     bm = train_batched(data, (16,), cfg, [1, 2])[0]
