@@ -16,4 +16,5 @@ test: setup
 	$(UV) run --frozen pytest
 
 bench: setup
-	cd benchmarks && $(UV) run --frozen python rebasin.py && $(UV) run --frozen python zoo.py
+	cd benchmarks && $(UV) run --frozen python rebasin.py && $(UV) run --frozen python zoo.py && \
+		$(UV) run --frozen python evaluate.py

@@ -27,27 +27,47 @@ def _input_grad(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     return grad
 
 
+def fgsm_direction(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """sign(grad_x CE): FGSM's step direction, the same for every eps."""
+    return _input_grad(model, x, y).sign()
+
+
 def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Tensor:
     """x + eps * sign(grad_x CE), clipped to [0, 1]."""
     if eps == 0:
         return x.clone()
-    return (x + eps * _input_grad(model, x, y).sign()).clamp(0.0, 1.0).detach()
+    return (x + eps * fgsm_direction(model, x, y)).clamp(0.0, 1.0).detach()
 
 
 def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, steps: int = 10, step_size: float | None = None,
-        seed: int = 0) -> Tensor:
+        seed: int = 0, early_stop: bool = False) -> Tensor:
     """L-inf PGD: uniform random start in the eps-ball (seeded), ``steps`` signed-gradient steps of
-    ``step_size`` (default 2.5 * eps / steps, Madry et al.), each projected onto the ball and [0, 1]."""
+    ``step_size`` (default 2.5 * eps / steps, Madry et al.), each projected onto the ball and [0, 1].
+
+    With ``early_stop`` a sample is frozen at the first iterate (the random start included) that
+    is misclassified, so the returned input is adversarial whenever any iterate was; frozen
+    samples also cost no further gradients.
+    """
     if eps == 0:
         return x.clone()
     alpha = 2.5 * eps / steps if step_size is None else step_size
     g = torch.Generator(device="cpu").manual_seed(seed)
     noise = (torch.rand(x.shape, generator=g) * 2 - 1).to(x.device, x.dtype)
     adv = (x + eps * noise).clamp(0.0, 1.0)
+    active = torch.arange(len(x), device=x.device)
     for _ in range(steps):
-        adv = adv + alpha * _input_grad(model, adv, y).sign()
-        adv = torch.min(torch.max(adv, x - eps), x + eps).clamp(0.0, 1.0).detach()
-    return adv
+        leaf = adv[active].requires_grad_(True)
+        logits = model(leaf)
+        loss = F.cross_entropy(logits, y[active], reduction="sum")  # sum: per-sample gradients unscaled
+        (grad,) = torch.autograd.grad(loss, leaf)
+        if early_stop:  # samples misclassified at this iterate stay there
+            keep = logits.argmax(1) == y[active]
+            active, grad = active[keep], grad[keep]
+            if len(active) == 0:
+                break
+        x0 = x[active]
+        adv[active] = torch.min(torch.max(adv[active] + alpha * grad.sign(), x0 - eps), x0 + eps).clamp(0.0, 1.0)
+    return adv.detach()
 
 
 @dataclass
@@ -69,42 +89,40 @@ def deepfool(model: nn.Module, x: Tensor, *, n_classes: int, overshoot: float = 
     their prediction changes.
     """
     model.eval()
-    n = x.shape[0]
+    flat = x.flatten(1)
     with torch.no_grad():
         k0 = model(x).argmax(1)
-    r_tot = torch.zeros_like(x)
-    adv = x.clone()
-    active = torch.ones(n, dtype=torch.bool, device=x.device)
-    iters = torch.zeros(n, dtype=torch.long, device=x.device)
+    adv = flat.clone()
+    iters = torch.zeros(len(x), dtype=torch.long, device=x.device)
+    # The loop works on compacted copies of the still-unflipped samples: idx maps them back.
+    idx = torch.arange(len(x), device=x.device)
+    x0, r_tot, cur, orig = flat, torch.zeros_like(flat), flat, k0
     for _ in range(max_iter):
-        idx = active.nonzero().squeeze(1)
-        if idx.numel() == 0:
-            break
-        xa = adv[idx].detach().requires_grad_(True)
-        logits = model(xa)
+        leaf = cur.detach().requires_grad_(True)
+        logits = model(leaf.view(-1, *x.shape[1:]))
         # Per-sample gradients of every logit: samples are independent, so the gradient of the
         # batch sum of logit k is each sample's own gradient of logit k.
-        grads = torch.stack([torch.autograd.grad(logits[:, k].sum(), xa, retain_graph=k < n_classes - 1)[0]
-                             for k in range(n_classes)], 1)  # (m, K, ...)
-        keep = logits.argmax(1) == k0[idx]  # samples already flipped stop here
-        active[idx[~keep]] = False
-        if not keep.any():
+        grads = torch.stack([torch.autograd.grad(logits[:, k].sum(), leaf, retain_graph=k < n_classes - 1)[0]
+                             for k in range(n_classes)], 1)  # (m, K, D)
+        keep = logits.argmax(1) == orig  # samples already flipped stop here
+        if not keep.all():
+            idx, x0, r_tot, orig, grads, logits = idx[keep], x0[keep], r_tot[keep], orig[keep], grads[keep], logits[keep]
+        if len(idx) == 0:
             break
-        idx, grads, logits = idx[keep], grads[keep], logits[keep].detach()
-        orig = k0[idx]
+        logits = logits.detach()
         rows = torch.arange(len(idx), device=x.device)
-        w = (grads - grads[rows, orig].unsqueeze(1)).flatten(2)  # (m, K, D)
+        w = grads - grads[rows, orig].unsqueeze(1)  # (m, K, D)
         f = logits - logits[rows, orig].unsqueeze(1)  # (m, K)
         w_norm = w.norm(dim=2)
         dist = f.abs() / (w_norm + 1e-12)
         dist[rows, orig] = float("inf")
         target = dist.argmin(1)
-        w_l = w[rows, target]
         f_l = f[rows, target].abs()
-        step = ((f_l + 1e-4) / (w_norm[rows, target] ** 2 + 1e-12)).unsqueeze(1) * w_l
-        r_tot[idx] += step.view_as(r_tot[idx])
-        adv[idx] = (x[idx] + (1 + overshoot) * r_tot[idx]).clamp(0.0, 1.0)
+        r_tot = r_tot + ((f_l + 1e-4) / (w_norm[rows, target] ** 2 + 1e-12)).unsqueeze(1) * w[rows, target]
+        cur = (x0 + (1 + overshoot) * r_tot).clamp(0.0, 1.0)
+        adv[idx] = cur
         iters[idx] += 1
+    adv = adv.view_as(x)
     with torch.no_grad():
         flipped = model(adv).argmax(1) != k0
     norms = (adv - x).flatten(1).norm(dim=1)

@@ -111,3 +111,31 @@ def architecture_of(params: Mapping[str, Tensor]) -> dict:
     in_features = int(params["hidden.0.weight"].shape[1])
     n_classes = int(params["head.weight"].shape[0])
     return {"in_features": in_features, "widths": widths, "n_classes": n_classes}
+
+
+def layer_names(params: Mapping[str, Tensor]) -> list[str]:
+    """Prefixes of the linear layers in forward order: hidden.0 .. hidden.k, head."""
+    return [f"hidden.{i}" for i in range(len(architecture_of(params)["widths"]))] + ["head"]
+
+
+def stack_params(params_list: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    """K state dicts of one architecture -> one dict of (K, ...) tensors for `stacked_forward`."""
+    return {k: torch.stack([p[k] for p in params_list]) for k in params_list[0]}
+
+
+def stacked_forward(stacked: Mapping[str, Tensor], x: Tensor, *, per_model: bool = False) -> Tensor:
+    """Logits (K, N, C) of K stacked MLPs on inputs x: (N, ...) shared by all models, or with
+    ``per_model`` (K, N, in) flattened inputs, one batch per model.
+
+    One ``baddbmm`` per layer for all K models, which is what makes many small models cheap on a
+    GPU (and no slower than a loop on CPU).
+    """
+    k = stacked["head.weight"].shape[0]
+    h = x if per_model else x.flatten(1).expand(k, -1, -1)
+    h = (h - stacked["norm.mean"][:, None, :]) / stacked["norm.std"][:, None, :]
+    names = layer_names({n: t[0] for n, t in stacked.items()})
+    for i, name in enumerate(names):
+        h = torch.baddbmm(stacked[f"{name}.bias"][:, None, :], h, stacked[f"{name}.weight"].transpose(1, 2))
+        if i < len(names) - 1:
+            h = torch.relu(h)
+    return h

@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .data import Dataset
-from .models import MLP, resolve_widths
+from .metrics import clean_predictions
+from .models import MLP, resolve_widths, stack_params, stacked_forward
 from .storage import ModelStore
 
 OPTIMIZERS = ("adam", "sgd")
@@ -180,14 +181,8 @@ class TrainedModel:
 
 def evaluate_params(params: dict[str, Tensor], x: Tensor, y: Tensor, batch_size: int = 4096) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of one MLP state dict on (x, y), on x's device."""
-    model = MLP.from_state_dict(params).to(x.device)
-    correct, loss = 0, 0.0
-    with torch.no_grad():
-        for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
-            logits = model(xb)
-            correct += int((logits.argmax(1) == yb).sum())
-            loss += float(F.cross_entropy(logits, yb, reduction="sum"))
-    return correct / len(y), loss / len(y)
+    correct, loss = clean_predictions(MLP.from_state_dict(params).to(x.device), x, y, batch_size)
+    return float(correct.double().mean()), loss
 
 
 def _final_metrics(params, data: Dataset, device) -> dict[str, float]:
@@ -224,11 +219,8 @@ def train_batched(data: Dataset, widths: Sequence[int], cfg: TrainConfig, seeds:
     device, widths = torch.device(device), resolve_widths(widths)
     k = len(seeds)
     inits = [init_params(data.in_features, widths, data.n_classes, s, data.mean, data.std) for s in seeds]
-    layer_names = [f"hidden.{i}" for i in range(len(widths))] + ["head"]
-    weights = [torch.stack([p[f"{n}.weight"] for p in inits]).to(device).requires_grad_() for n in layer_names]
-    biases = [torch.stack([p[f"{n}.bias"] for p in inits]).to(device).requires_grad_() for n in layer_names]
-    norm_mean = torch.stack([p["norm.mean"] for p in inits]).to(device)[:, None, :]  # (K, 1, in)
-    norm_std = torch.stack([p["norm.std"] for p in inits]).to(device)[:, None, :]
+    stacked = {n: t.to(device) for n, t in stack_params(inits).items()}
+    trainable = [stacked[n].requires_grad_() for n in stacked if not n.startswith("norm.")]
     x = data.x_train.to(device)
     x_flat = x.flatten(1)
     y = data.y_train.to(device)
@@ -240,22 +232,14 @@ def train_batched(data: Dataset, widths: Sequence[int], cfg: TrainConfig, seeds:
             h = torch.stack([s.augment(x[i]).flatten(1) for s, i in zip(streams, idx)])
         else:
             h = x_flat[idx]  # (K, B, in)
-        h = (h - norm_mean) / norm_std
-        for i, (w, b) in enumerate(zip(weights, biases)):
-            h = torch.baddbmm(b[:, None, :], h, w.transpose(1, 2))
-            if i < len(weights) - 1:
-                h = torch.relu(h)
+        logits = stacked_forward(stacked, h, per_model=True)
         # Sum over models of each model's mean loss: model k's gradient is its own loss's.
-        return F.cross_entropy(h.flatten(0, 1), y[idx].flatten(), reduction="none").view(k, -1).mean(1).sum()
+        return F.cross_entropy(logits.flatten(0, 1), y[idx].flatten(), reduction="none").view(k, -1).mean(1).sum()
 
-    trainable = [t for pair in zip(weights, biases) for t in pair]
     _fit(cfg, trainable, len(y), lambda: zip(*(s.epoch() for s in streams)), batch_loss, on_epoch)
     out = []
     for j, s in enumerate(seeds):
-        params = dict(inits[j])
-        for n, w, b in zip(layer_names, weights, biases):
-            params[f"{n}.weight"] = w[j].detach().cpu().clone()
-            params[f"{n}.bias"] = b[j].detach().cpu().clone()
+        params = {n: t[j].detach().cpu().clone() for n, t in stacked.items()}
         out.append(TrainedModel(s, params, _final_metrics(params, data, device)))
     return out
 

@@ -1,0 +1,373 @@
+"""Evaluation of merged and unmerged MLPs: one set of metrics, with the semantics written down.
+
+Conventions (every number the audit reports follows them):
+
+* Inputs are [0, 1] pixels; models normalize inside, so attack budgets ``eps`` are in pixel units:
+  L-inf for FGSM and PGD, L2 over all pixels for DeepFool and the Lipschitz ball radius.
+* **Robust accuracy** at eps = share of *all* evaluated samples that are classified correctly on
+  the clean input *and* stay correct under the attack. A sample misclassified when clean counts as
+  non-robust at every eps (the foolbox convention), so robust accuracy at eps 0 is clean accuracy.
+* **Attack success rate** at eps = share of the *correctly classified* samples whose prediction
+  the attack changes; it separates robustness from clean accuracy.
+* **DeepFool** gives a minimal L2 perturbation per correctly classified sample; robust accuracy at
+  eps is the share of all samples that are correct and whose minimal perturbation norm exceeds eps
+  (the foolbox convention). A sample that DeepFool cannot flip within ``max_iter`` has norm +inf
+  (robust at every eps); the median norm is over correctly classified samples.
+* **PGD** stops per sample at the first iterate that is misclassified (that iterate is the
+  adversarial example); it is the check against gradient masking: its robust accuracy must not
+  exceed FGSM's at the same eps.
+* **Barrier** along ``(1 - lam) * A + lam * B`` on a grid of lam (25 points by default), as the
+  original Git Re-Basin code computes it: ``max_lam L(lam) - (L(0) + L(1)) / 2``; also reported is
+  the largest gap to the straight line between the endpoints, ``max_lam L(lam) - ((1-lam) L(0) +
+  lam L(1))``. For accuracy both are mirrored (the drop below the endpoints' mean / their line).
+* **Weight norm** (Franke et al.): ``sum_l ||W_l||_F + ||b_l||_2`` over the linear layers (the
+  fixed normalization layer has no trained parameters and is not included).
+* **Lipschitz bounds** of the logits w.r.t. the input in L2: the global product of exact spectral
+  norms of every linear map (the normalization's ``diag(1/std)`` included), and the local bound of
+  Avant & Morgansen (2023) on the L2 ball of radius r around a test point (see `local_lipschitz`).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attacks import deepfool, fgsm_direction, pgd
+from .models import MLP, layer_names, stack_params, stacked_forward
+from .rebasin import PermutationSpec, apply_permutation, interpolate, mlp_permutation_spec, weight_matching
+
+Params = Mapping[str, Tensor]
+
+METRIC_COLUMNS = ["model", "metric", "eps", "value"]
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What `evaluate` measures. eps in pixel units (see the module docstring)."""
+
+    fgsm_eps: tuple[float, ...] = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1)  # L-inf
+    pgd_eps: tuple[float, ...] = (0.01, 0.02, 0.05)  # L-inf
+    pgd_steps: int = 10
+    deepfool_eps: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  # L2
+    deepfool_overshoot: float = 0.02
+    deepfool_max_iter: int = 50
+    lipschitz_points: int = 100  # first n test samples at which the local bound is computed
+    lipschitz_radius: float = 0.1  # L2 ball radius for the local bound
+    seed: int = 0  # PGD random starts
+    batch_size: int = 4096  # samples per forward pass
+
+    def __post_init__(self):
+        for name in ("fgsm_eps", "pgd_eps", "deepfool_eps"):
+            values = tuple(float(v) for v in getattr(self, name))
+            object.__setattr__(self, name, values)
+            bad = [v for v in values if not 0.0 <= v <= (1.0 if name != "deepfool_eps" else float("inf"))]
+            if bad:
+                raise ValueError(f"{name}: eps must be {'in [0, 1]' if name != 'deepfool_eps' else '>= 0'}, got {bad[0]}")
+        for name in ("pgd_steps", "deepfool_max_iter", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.lipschitz_points < 0 or self.lipschitz_radius < 0 or self.deepfool_overshoot < 0:
+            raise ValueError("lipschitz_points, lipschitz_radius and deepfool_overshoot must be >= 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------- clean accuracy and loss
+
+
+@torch.no_grad()
+def clean_metrics(params_list: Sequence[Params], x: Tensor, y: Tensor, *, batch_size: int = 4096,
+                  models_per_pass: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """(accuracy, mean cross-entropy) per model, arrays of len(params_list); on x's device.
+
+    Models of one architecture are stacked and evaluated ``models_per_pass`` at a time.
+    """
+    acc, loss = np.zeros(len(params_list)), np.zeros(len(params_list))
+    for start in range(0, len(params_list), models_per_pass):
+        chunk = params_list[start:start + models_per_pass]
+        stacked = {k: v.to(x.device) for k, v in stack_params(chunk).items()}
+        correct = torch.zeros(len(chunk), dtype=torch.float64, device=x.device)
+        total = torch.zeros(len(chunk), dtype=torch.float64, device=x.device)
+        for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+            logits = stacked_forward(stacked, xb)  # (K, B, C)
+            correct += (logits.argmax(2) == yb).sum(1)
+            total += F.cross_entropy(logits.transpose(1, 2), yb.expand(len(chunk), -1), reduction="none").sum(1)
+        acc[start:start + len(chunk)] = (correct / len(y)).cpu().numpy()
+        loss[start:start + len(chunk)] = (total / len(y)).cpu().numpy()
+    return acc, loss
+
+
+# ---------------------------------------------------------------- barriers
+
+
+@dataclass
+class BarrierCurve:
+    lams: np.ndarray
+    loss: np.ndarray
+    accuracy: np.ndarray
+    summary: dict[str, float] = field(init=False)
+
+    def __post_init__(self):
+        line = 1 - self.lams
+        loss_line = line * self.loss[0] + self.lams * self.loss[-1]
+        acc_line = line * self.accuracy[0] + self.lams * self.accuracy[-1]
+        self.summary = {
+            "loss_barrier": float(self.loss.max() - (self.loss[0] + self.loss[-1]) / 2),
+            "loss_barrier_gap": float((self.loss - loss_line).max()),
+            "accuracy_barrier": float((self.accuracy[0] + self.accuracy[-1]) / 2 - self.accuracy.min()),
+            "accuracy_barrier_gap": float((acc_line - self.accuracy).max()),
+        }
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame({"lam": self.lams, "loss": self.loss, "accuracy": self.accuracy})
+
+
+def barrier_curve(a: Params, b: Params, x: Tensor, y: Tensor, *, n_points: int = 25,
+                  batch_size: int = 4096) -> BarrierCurve:
+    """Loss and accuracy of ``(1 - lam) * a + lam * b`` at n_points evenly spaced lam in [0, 1]."""
+    if n_points < 2:
+        raise ValueError(f"a barrier curve needs at least 2 points, got {n_points}")
+    lams = np.linspace(0.0, 1.0, n_points)
+    acc, loss = clean_metrics([interpolate(a, b, float(t)) for t in lams], x, y, batch_size=batch_size)
+    return BarrierCurve(lams, loss, acc)
+
+
+def barriers(a: Params, b: Params, x: Tensor, y: Tensor, *, spec: PermutationSpec | None = None, seed: int = 0,
+             n_points: int = 25, max_iter: int = 100) -> dict[str, BarrierCurve]:
+    """{"naive": curve from a to b, "weight_matched": curve from a to b permuted onto a}."""
+    spec = spec or mlp_permutation_spec(a)
+    match = weight_matching(spec, a, b, seed=seed, max_iter=max_iter)
+    b_matched = {k: v.to(x.device) for k, v in apply_permutation(spec, match.perms, b).items()}
+    a, b = ({k: v.to(x.device) for k, v in p.items()} for p in (a, b))
+    return {"naive": barrier_curve(a, b, x, y, n_points=n_points),
+            "weight_matched": barrier_curve(a, b_matched, x, y, n_points=n_points)}
+
+
+# ---------------------------------------------------------------- weight norm and Lipschitz bounds
+
+
+def weight_norm(params: Params) -> float:
+    """The paper's ``sum_l ||W_l||_F + ||b_l||_2`` over the linear layers."""
+    return float(sum(params[f"{n}.weight"].double().norm() + params[f"{n}.bias"].double().norm()
+                     for n in layer_names(params)))
+
+
+def _spectral_norm(w: Tensor) -> float:
+    """Exact largest singular value (float64): the top eigenvalue of the smaller Gram matrix."""
+    if w.numel() == 0:
+        return 0.0
+    w = w.double()
+    return _top_eigenvalue_sqrt(w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w)
+
+
+def _top_eigenvalue_sqrt(gram: Tensor) -> float:
+    n = gram.shape[0]
+    if n == 0:
+        return 0.0
+    # LAPACK syevr asked for the top eigenvalue only: exact like a full eigvalsh, ~1.5x faster.
+    top = scipy.linalg.eigh(gram.cpu().numpy(), eigvals_only=True, subset_by_index=[n - 1, n - 1], driver="evr")
+    return float(np.sqrt(max(top[0], 0.0)))
+
+
+def linear_layers(params: Params) -> tuple[list[tuple[Tensor, Tensor]], Tensor, Tensor]:
+    """An MLP state dict as ([(W, b) per linear layer], mean, std), float64."""
+    layers = [(params[f"{n}.weight"].double(), params[f"{n}.bias"].double()) for n in layer_names(params)]
+    return layers, params["norm.mean"].double(), params["norm.std"].double()
+
+
+def global_lipschitz_bound(layers: Sequence[tuple[Tensor, Tensor]], scale: Tensor | None = None) -> float:
+    """Product of exact spectral norms of ``diag(scale)`` (if given) and every W of a ReLU net
+    ``x -> W_L relu(... relu(W_1 (scale * x) + b_1) ...) + b_L``; ReLU is 1-Lipschitz, so this
+    bounds ``||f(x) - f(y)|| / ||x - y||`` everywhere."""
+    bound = 1.0 if scale is None else float(scale.double().abs().max())
+    for w, _ in layers:
+        bound *= _spectral_norm(w)
+    return bound
+
+
+def global_lipschitz(params: Params) -> float:
+    """`global_lipschitz_bound` of an MLP, its normalization ``diag(1/std)`` counted as a layer."""
+    layers, _, std = linear_layers(params)
+    return global_lipschitz_bound(layers, 1.0 / std)
+
+
+def local_lipschitz_bound(layers: Sequence[tuple[Tensor, Tensor]], x: Tensor, radius: float) -> np.ndarray:
+    """Upper bound on the local Lipschitz constant (L2) of the ReLU net
+    ``x -> W_L relu(... relu(W_1 x + b_1) ...) + b_L`` on the ball B(x_i, radius), per row x_i.
+
+    Avant & Morgansen (2023), "Analytical bounds on the local Lipschitz constants of ReLU networks":
+    the ball is propagated layer by layer. With layer l's input confined to a ball of radius r
+    around its value at x_i, pre-activation j lies within ``z_j(x_i) +- r ||W_l[j, varying]||``;
+    a unit whose upper end is <= 0 is zero on the whole ball, so its row drops out of this layer's
+    bound and its column out of the next one ("keeping track of the zero elements"). The layer's
+    local constant is the exact spectral norm of the remaining submatrix, and the next ball's
+    radius is that constant times r. The bound is the product of the layers' constants. (The paper
+    refines the affine-ReLU constant further; without that refinement this bound is slightly looser
+    than theirs and still an upper bound.) Removing rows or columns never raises a spectral norm,
+    so it never exceeds `global_lipschitz_bound`.
+    """
+    layers = [(w.double().to(x.device), b.double().to(x.device)) for w, b in layers]
+    # Every input pixel varies on the ball, so the first layer's Gram matrix and row norms are the
+    # same at every point: computed once, a point only selects the rows that may be active.
+    w1 = layers[0][0]
+    gram1, rownorm1 = w1 @ w1.T, w1.norm(dim=1)
+
+    def bound_at(h: Tensor) -> float:
+        r, bound, varying = float(radius), 1.0, None
+        for li, (w, b) in enumerate(layers):
+            z = w @ h + b
+            last = li == len(layers) - 1
+            w_in = w if li == 0 else w[:, varying]
+            norms = rownorm1 if li == 0 else w_in.norm(dim=1)
+            # logits: no ReLU, every row counts; hidden: rows that may be positive on the ball
+            alive = torch.ones_like(z, dtype=torch.bool) if last else z + r * norms > 0
+            lip = _top_eigenvalue_sqrt(gram1[alive][:, alive]) if li == 0 else _spectral_norm(w_in[alive])
+            bound, r = bound * lip, r * lip
+            h, varying = torch.relu(z), alive
+        return bound
+
+    # Points are independent and the eigenvalue solver runs on one core: a thread per core.
+    with ThreadPoolExecutor(max_workers=max(1, min(4, torch.get_num_threads()))) as pool:
+        return np.array(list(pool.map(bound_at, x.flatten(1).to(torch.float64))))
+
+
+def local_lipschitz(params: Params, x: Tensor, radius: float) -> np.ndarray:
+    """`local_lipschitz_bound` of an MLP at the pixel inputs x (L2 ball of ``radius`` pixels).
+
+    The normalization is folded into the first layer, ``W1 ((x - mean) / std) + b1 = (W1 / std) x +
+    (b1 - W1 (mean / std))``, which is exact and never looser than counting ``diag(1/std)`` apart
+    (``||W1 D|| <= ||W1|| ||D||``), so the local bound never exceeds `global_lipschitz`.
+    """
+    layers, mean, std = linear_layers(params)
+    w1, b1 = layers[0]
+    layers[0] = (w1 / std, b1 - w1 @ (mean / std))
+    return local_lipschitz_bound(layers, x, radius)
+
+
+# ---------------------------------------------------------------- attacks as metrics
+
+
+def clean_predictions(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> tuple[Tensor, float]:
+    """(per-sample correctness, mean cross-entropy) of one model."""
+    correct, loss = [], 0.0
+    with torch.no_grad():
+        for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+            logits = model(xb)
+            correct.append(logits.argmax(1) == yb)
+            loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+    return torch.cat(correct), loss / len(y)
+
+
+def _correct(model: MLP, x: Tensor, y: Tensor, batch_size: int) -> Tensor:
+    return clean_predictions(model, x, y, batch_size)[0]
+
+
+def fgsm_metrics(model: MLP, x: Tensor, y: Tensor, eps_grid: Iterable[float], *, correct: Tensor | None = None,
+                 batch_size: int = 4096) -> list[tuple[str, float, float]]:
+    """(metric, eps, value) rows: FGSM robust accuracy and success rate per eps.
+
+    FGSM's direction sign(grad_x CE) does not depend on eps, so it is computed once.
+    """
+    correct = _correct(model, x, y, batch_size) if correct is None else correct
+    direction = torch.cat([fgsm_direction(model, xb, yb) for xb, yb in zip(x.split(batch_size), y.split(batch_size))])
+    rows = []
+    for eps in eps_grid:
+        adv = (x + eps * direction).clamp(0.0, 1.0)
+        still = correct & _correct(model, adv, y, batch_size)
+        rows += _robust_rows("fgsm", eps, still, correct)
+    return rows
+
+
+def pgd_metrics(model: MLP, x: Tensor, y: Tensor, eps_grid: Iterable[float], *, steps: int = 10, seed: int = 0,
+                correct: Tensor | None = None, batch_size: int = 4096) -> list[tuple[str, float, float]]:
+    """(metric, eps, value) rows: PGD robust accuracy and success rate; only correct samples are attacked."""
+    correct = _correct(model, x, y, batch_size) if correct is None else correct
+    idx = correct.nonzero().squeeze(1)
+    rows = []
+    for eps in eps_grid:
+        still = torch.zeros_like(correct)
+        for chunk in idx.split(batch_size):
+            adv = pgd(model, x[chunk], y[chunk], eps, steps=steps, seed=seed, early_stop=True)
+            still[chunk] = _correct(model, adv, y[chunk], batch_size)
+        rows += _robust_rows("pgd", eps, still, correct)
+    return rows
+
+
+def deepfool_metrics(model: MLP, x: Tensor, y: Tensor, eps_grid: Iterable[float], *, n_classes: int,
+                     overshoot: float = 0.02, max_iter: int = 50, correct: Tensor | None = None,
+                     batch_size: int = 4096) -> list[tuple[str, float, float]]:
+    """(metric, eps, value) rows: DeepFool robust accuracy per L2 eps, median minimal norm, unflipped share."""
+    correct = _correct(model, x, y, batch_size) if correct is None else correct
+    idx = correct.nonzero().squeeze(1)
+    norms = torch.zeros(len(y), dtype=torch.float64, device=x.device)  # misclassified: 0
+    for chunk in idx.split(batch_size):
+        res = deepfool(model, x[chunk], n_classes=n_classes, overshoot=overshoot, max_iter=max_iter)
+        norms[chunk] = res.norms.double()
+    n_correct = max(int(correct.sum()), 1)
+    rows = [("deepfool_robust_accuracy", float(eps), float(((norms > eps) & correct).double().mean()))
+            for eps in eps_grid]
+    rows.append(("deepfool_median_norm", np.nan, float(norms[correct].median()) if correct.any() else np.nan))
+    rows.append(("deepfool_unflipped_rate", np.nan, float(torch.isinf(norms[correct]).sum()) / n_correct))
+    return rows
+
+
+def _robust_rows(attack: str, eps: float, still: Tensor, correct: Tensor) -> list[tuple[str, float, float]]:
+    n_correct = int(correct.sum())
+    success = float((correct & ~still).sum()) / n_correct if n_correct else np.nan
+    return [(f"{attack}_robust_accuracy", float(eps), float(still.double().mean())),
+            (f"{attack}_success_rate", float(eps), success)]
+
+
+# ---------------------------------------------------------------- the one evaluation call
+
+
+def evaluate(models: Mapping[str, Params] | Sequence[Params], x: Tensor, y: Tensor, cfg: EvalConfig = EvalConfig(),
+             *, device: torch.device | str = "cpu", progress: bool = False) -> pd.DataFrame:
+    """Every metric of the module docstring for every model, as a tidy table.
+
+    ``models``: {model id: state dict} (or a list; ids are then "0", "1", ...). Returns a DataFrame
+    with columns model, metric, eps (NaN where a metric has none), value. Models run one at a time
+    (attacks dominate the cost); `clean_metrics` stacks many models per pass where only clean
+    accuracy is needed (barrier curves).
+    """
+    if not isinstance(models, Mapping):
+        models = {str(i): p for i, p in enumerate(models)}
+    if not models:
+        raise ValueError("no models to evaluate")
+    device = torch.device(device)
+    x, y = x.to(device), y.to(device)
+    rows = []
+    iterator = list(models)
+    if progress:
+        from tqdm.auto import tqdm
+        iterator = tqdm(iterator, desc="evaluate", unit="model")
+    for mid in iterator:
+        params = models[mid]
+        model = MLP.from_state_dict(params).to(device).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)  # attacks need input gradients only
+        correct, loss = clean_predictions(model, x, y, cfg.batch_size)
+        found = [("clean_accuracy", np.nan, float(correct.double().mean())), ("clean_loss", np.nan, loss)]
+        found += fgsm_metrics(model, x, y, cfg.fgsm_eps, correct=correct, batch_size=cfg.batch_size)
+        found += pgd_metrics(model, x, y, cfg.pgd_eps, steps=cfg.pgd_steps, seed=cfg.seed, correct=correct,
+                             batch_size=cfg.batch_size)
+        found += deepfool_metrics(model, x, y, cfg.deepfool_eps, n_classes=model.n_classes,
+                                  overshoot=cfg.deepfool_overshoot, max_iter=cfg.deepfool_max_iter,
+                                  correct=correct, batch_size=cfg.batch_size)
+        found.append(("weight_norm", np.nan, weight_norm(params)))
+        found.append(("lipschitz_global", np.nan, global_lipschitz(params)))
+        if cfg.lipschitz_points:
+            local = local_lipschitz(params, x[:cfg.lipschitz_points], cfg.lipschitz_radius)
+            found.append(("lipschitz_local_mean", cfg.lipschitz_radius, float(local.mean())))
+            found.append(("lipschitz_local_max", cfg.lipschitz_radius, float(local.max())))
+        rows += [(mid, *r) for r in found]
+    return pd.DataFrame(rows, columns=METRIC_COLUMNS)
