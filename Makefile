@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: setup test bench
+.PHONY: setup test repro ui bench
 
 setup:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || \
@@ -14,6 +14,18 @@ setup:
 
 test: setup
 	$(UV) run --frozen pytest
+
+# The whole pipeline on the embedded default (digits): train, merge, evaluate (see dvc.yaml).
+repro: setup
+	$(UV) run --frozen dvc repro
+	@echo
+	@echo "Results: results/evaluation.csv (one row per model x metric x eps), results/models.csv,"
+	@echo "         results/barriers.csv, metrics/*.json (dvc metrics show), results/plots/ (dvc plots show)"
+	@echo "Models:  models/ (safetensors, tracked by DVC)"
+	@echo "MLflow:  make ui  ->  http://127.0.0.1:5000"
+
+ui: setup
+	$(UV) run --frozen audit ui
 
 bench: setup
 	cd benchmarks && $(UV) run --frozen python rebasin.py && $(UV) run --frozen python zoo.py && \

@@ -82,12 +82,13 @@ def pairwise_merge(a: Mapping[str, Tensor], b: Mapping[str, Tensor], spec: Permu
 
 
 def merge_many(params_list: Sequence[Mapping[str, Tensor]], spec: PermutationSpec, *, seed: int = 0,
-               max_iter: int = 100, names: Sequence[str] | None = None) -> MergeResult:
+               max_iter: int = 100, match_max_iter: int = 100, names: Sequence[str] | None = None) -> MergeResult:
     """MergeMany (Ainsworth et al. Alg. 3): align every model to the mean of the others, repeatedly.
 
     Each iteration visits the models in a seeded random order and weight-matches model i (in its
     current permutation) to the mean of the other n-1 permuted models. It stops after an iteration
-    in which no permutation changed (converged) or after ``max_iter`` iterations. Because a matching
+    in which no permutation changed (converged) or after ``max_iter`` iterations (each weight
+    matching runs at most ``match_max_iter`` sweeps). Because a matching
     only moves when it raises <mean of others, model i> by more than 1e-12, "no change" is the
     reference code's "no L2 progress". The result is the mean of the permuted models.
     """
@@ -105,7 +106,7 @@ def merge_many(params_list: Sequence[Mapping[str, Tensor]], spec: PermutationSpe
         for i in order:
             others = _mean([current[j] for j in range(n) if j != i])
             s = _child_seed(rng)
-            match = weight_matching(spec, others, current[i], seed=s, max_iter=max_iter)
+            match = weight_matching(spec, others, current[i], seed=s, max_iter=match_max_iter)
             sweeps += match.sweeps
             solves += match.solves
             seeds.append(s)
@@ -122,7 +123,7 @@ def merge_many(params_list: Sequence[Mapping[str, Tensor]], spec: PermutationSpe
 
 def hierarchical_merge(params_list: Sequence[Mapping[str, Tensor]], spec: PermutationSpec, *, seed: int = 0,
                        lam: float = 0.5, pairing: str = "adjacent", permute: str = "second",
-                       max_iter: int = 100, names: Sequence[str] | None = None) -> MergeResult:
+                       max_iter: int = 100, match_max_iter: int = 100, names: Sequence[str] | None = None) -> MergeResult:
     """Franke et al.'s scheme: 2^n models merged pairwise and disjointly over n stages.
 
     Stage s pairs the outputs of stage s-1: neighbours in list order (``pairing="adjacent"``) or

@@ -73,9 +73,10 @@ class EvalConfig:
                 raise ValueError(f"{name}: eps must be {'in [0, 1]' if name != 'deepfool_eps' else '>= 0'}, got {bad[0]}")
         for name in ("pgd_steps", "deepfool_max_iter", "batch_size"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.lipschitz_points < 0 or self.lipschitz_radius < 0 or self.deepfool_overshoot < 0:
-            raise ValueError("lipschitz_points, lipschitz_radius and deepfool_overshoot must be >= 0")
+                raise ValueError(f"{name}: must be a positive integer, got {getattr(self, name)}")
+        for name in ("lipschitz_points", "lipschitz_radius", "deepfool_overshoot"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -52,14 +52,17 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+            raise ValueError(f"optimizer: unknown value {self.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+            raise ValueError(f"schedule: unknown value {self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
         for name in ("lr", "momentum", "weight_decay", "l1", "l2"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr == 0 or self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("lr must be > 0, epochs and batch_size >= 1")
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.lr == 0:
+            raise ValueError("lr: must be > 0, got 0")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -89,9 +89,9 @@ def test_regularization_shrinks_the_weights(digits):
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="optimizer must be one of"):
+    with pytest.raises(ValueError, match="optimizer: unknown value"):
         TrainConfig(optimizer="lion")
-    with pytest.raises(ValueError, match="l2 must be >= 0"):
+    with pytest.raises(ValueError, match="l2: must be >= 0"):
         TrainConfig(l2=-1)
     with pytest.raises(ValueError, match="device must be one of"):
         zoo.resolve_device("tpu")

@@ -1,0 +1,302 @@
+"""params.yaml -> validated, frozen dataclasses.
+
+`load_params` checks every key against the dataclasses below: an unknown key, a wrong type or an
+impossible value is a `ConfigError` whose one-line message names the file, the dotted key and what
+is allowed. Defaults live here; params.yaml states every knob explicitly, with units.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .data import DATASETS
+from .merge import PAIRINGS, PERMUTE_SIDES
+from .metrics import EvalConfig
+from .models import PRESETS
+from .zoo import DEVICES, ENGINES, TrainConfig
+
+METHODS = ("hierarchical", "mergemany", "naive")
+
+
+class ConfigError(ValueError):
+    """A bad params file: the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class DataParams:
+    name: str = "digits"  # one of audit.data.DATASETS
+    root: str = "data"  # directory of torchvision data sets
+    download: bool = False  # fetch torchvision data sets if missing (needs internet)
+    path: str | None = None  # IDX directory, for name: idx
+    seed: int = 0  # seed of the train/test split where the set has no official one
+    test_fraction: float = 0.2  # share of samples held out, where the set has no official split
+    eval_samples: int | None = None  # first n test samples used for evaluation (null: all)
+
+    def check(self):
+        _one_of("name", self.name, DATASETS)
+        if self.name == "idx" and not self.path:
+            raise ValueError("path: required when name is idx (a directory with an IDX image/label pair)")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction: must be in (0, 1), got {self.test_fraction}")
+        if self.eval_samples is not None and self.eval_samples < 1:
+            raise ValueError(f"eval_samples: must be a positive integer or null, got {self.eval_samples}")
+
+
+@dataclass(frozen=True)
+class RegularizedParams:
+    l1: float = 0.0  # L1 penalty coefficient on all weights and biases
+    l2: float = 0.0  # L2 penalty coefficient (0.5 * l2 * ||w||^2)
+
+
+@dataclass(frozen=True)
+class ZooParams:
+    arch: str | tuple[int, ...] = "paper"  # a preset (paper: 512-512-512-256, rebasin: 512x3) or widths
+    depth: int = 4  # D: each pool holds 2^D base models; the ablation merges groups of 2^d, d = 1..D
+    pools: int = 1  # independent pools (zoo seeds); pool p holds model seeds p*2^D .. (p+1)*2^D - 1
+    device: str = "auto"  # auto | cpu | cuda
+    engine: str = "auto"  # auto | loop | batched
+    train: TrainConfig = field(default_factory=TrainConfig)
+    regularized: Mapping[str, RegularizedParams] = field(default_factory=dict)  # baselines by name
+    regularized_models: int = 4  # models per regularized baseline (seeds 0..n-1 of pool 0)
+
+    def check(self):
+        if isinstance(self.arch, str):
+            _one_of("arch", self.arch, tuple(PRESETS))
+        elif not self.arch or any(w < 1 for w in self.arch):
+            raise ValueError(f"arch: hidden widths must be positive integers, got {list(self.arch)}")
+        if not 1 <= self.depth <= 12:
+            raise ValueError(f"depth: must be an integer in 1..12 (pools of 2^depth models), got {self.depth}")
+        if self.pools < 1:
+            raise ValueError(f"pools: must be >= 1, got {self.pools}")
+        _one_of("device", self.device, DEVICES)
+        _one_of("engine", self.engine, ENGINES)
+        for name in self.regularized:
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"regularized: baseline name {name!r} must be letters, digits, - or _")
+        if self.regularized and self.regularized_models < 1:
+            raise ValueError(f"regularized_models: must be >= 1, got {self.regularized_models}")
+
+    @property
+    def pool_size(self) -> int:
+        return 2 ** self.depth
+
+    def pool_seeds(self, pool: int) -> list[int]:
+        return list(range(pool * self.pool_size, (pool + 1) * self.pool_size))
+
+
+@dataclass(frozen=True)
+class MergeParams:
+    methods: tuple[str, ...] = METHODS  # merge methods run on identical groups
+    seeds: tuple[int, ...] = (0, 1)  # merge seeds: tree pairing and layer orders (hierarchical), visiting order (MergeMany)
+    permute: str = "second"  # which model of each pair is permuted onto the other (hierarchical)
+    side_ablation: tuple[int, ...] = (1,)  # depths at which hierarchical also runs with the other side permuted
+    pairing: str = "random"  # hierarchical tree: adjacent | random (drawn from the merge seed)
+    lam: float = 0.5  # interpolation weight of the second model of a pair
+    max_iter: int = 100  # weight-matching sweeps, at most
+    mergemany_max_iter: int = 100  # MergeMany iterations (passes over all models), at most
+    workers: int = 0  # merge processes; 0: one per CPU core
+
+    def check(self):
+        if not self.methods:
+            raise ValueError(f"methods: at least one of {', '.join(METHODS)}")
+        for m in self.methods:
+            _one_of("methods", m, METHODS)
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods: listed twice in {list(self.methods)}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: at least one merge seed, none twice, got {list(self.seeds)}")
+        _one_of("permute", self.permute, PERMUTE_SIDES)
+        if any(d < 1 for d in self.side_ablation):
+            raise ValueError(f"side_ablation: depths must be >= 1, got {list(self.side_ablation)}")
+        _one_of("pairing", self.pairing, PAIRINGS)
+        if not 0.0 <= self.lam <= 1.0:
+            raise ValueError(f"lam: must be in [0, 1], got {self.lam}")
+        for name in ("max_iter", "mergemany_max_iter"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise ValueError(f"workers: must be >= 0 (0: one per core), got {self.workers}")
+
+    @property
+    def other_side(self) -> str:
+        return next(s for s in PERMUTE_SIDES if s != self.permute)
+
+
+@dataclass(frozen=True)
+class EvalParams:
+    metrics: EvalConfig = field(default_factory=EvalConfig)
+    barrier_points: int = 25  # lam grid of the barrier curves
+    barrier_pairs: int = 2  # base-model pairs (0,1), (2,3), ... of pool 0 whose barrier curves are measured
+
+    def check(self):
+        if self.barrier_points < 2:
+            raise ValueError(f"barrier_points: must be >= 2, got {self.barrier_points}")
+        if self.barrier_pairs < 0:
+            raise ValueError(f"barrier_pairs: must be >= 0, got {self.barrier_pairs}")
+
+
+@dataclass(frozen=True)
+class AuditParams:
+    alpha: float = 0.05  # family-wise error rate (Holm)
+    equivalence_margin: float = 0.01  # TOST margin for "no influence" claims, in the metric's units
+    bootstrap: int = 2000  # bootstrap resamples for confidence intervals
+    seed: int = 0  # bootstrap seed
+
+    def check(self):
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"alpha: must be in (0, 1), got {self.alpha}")
+        if self.equivalence_margin <= 0:
+            raise ValueError(f"equivalence_margin: must be > 0, got {self.equivalence_margin}")
+        if self.bootstrap < 100:
+            raise ValueError(f"bootstrap: must be >= 100, got {self.bootstrap}")
+
+
+@dataclass(frozen=True)
+class TrackingParams:
+    uri: str = "sqlite:///mlflow.db"  # MLflow tracking URI; relative sqlite paths are from the project root
+    experiment_prefix: str = "rebasin-audit"  # experiment name = "<prefix>-<data set>"
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams = field(default_factory=DataParams)
+    zoo: ZooParams = field(default_factory=ZooParams)
+    merge: MergeParams = field(default_factory=MergeParams)
+    eval: EvalParams = field(default_factory=EvalParams)
+    audit: AuditParams = field(default_factory=AuditParams)
+    tracking: TrackingParams = field(default_factory=TrackingParams)
+
+    def check(self):
+        too_deep = [d for d in self.merge.side_ablation if d > self.zoo.depth]
+        if too_deep:
+            raise ValueError(f"merge.side_ablation: depth {too_deep[0]} exceeds zoo.depth {self.zoo.depth}")
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file; `ConfigError` names the file and the offending key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    return params_from_dict(raw, source=str(path))
+
+
+def params_from_dict(raw, source: str = "params") -> Params:
+    try:
+        return _build(Params, raw, "")
+    except _KeyError as e:
+        raise ConfigError(f"{source}: {e.key}: {e.message}") from None
+
+
+def to_dict(obj) -> dict:
+    """A params dataclass as plain JSON/YAML-serializable data."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+# ---------------------------------------------------------------- the checker
+
+
+class _KeyError(Exception):
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message
+
+
+def _one_of(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key}: unknown value {value!r}; allowed: {', '.join(map(str, allowed))}")
+
+
+def _build(cls, raw, prefix: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise _KeyError(prefix or "(top level)", f"expected a mapping of keys, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            raise _KeyError(_join(prefix, str(key)), f"unknown key; allowed: {', '.join(fields)}")
+    values = {name: _convert(hints[name], raw[name], _join(prefix, name)) for name in fields if name in raw}
+    try:
+        obj = cls(**values)
+        if hasattr(obj, "check"):
+            obj.check()
+    except ValueError as e:
+        # "key: message" from a check names a field of this section; anything else is the section's.
+        msg = str(e)
+        head, _, rest = msg.partition(": ")
+        if head in fields:
+            raise _KeyError(_join(prefix, head), rest) from None
+        raise _KeyError(prefix or "(top level)", msg) from None
+    return obj
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _convert(hint, value, key: str):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(option, value, key)
+            except _KeyError as e:
+                errors.append(e.message)
+        raise _KeyError(key, " or ".join(dict.fromkeys(errors)))
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _KeyError(key, f"expected a list, got {value!r}")
+        return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (Mapping, dict) or hint is Mapping:
+        if not isinstance(value, Mapping):
+            raise _KeyError(key, f"expected a mapping, got {value!r}")
+        return {str(k): _convert(args[1], v, _join(key, str(k))) for k, v in value.items()}
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise _KeyError(key, f"expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _KeyError(key, f"expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        # YAML 1.1 reads 1e-3 (no dot) as a string: accept any string Python reads as a number.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _KeyError(key, f"expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise _KeyError(key, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported params type {hint} at {key}")  # a bug in this module, not user input

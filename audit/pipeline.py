@@ -1,0 +1,463 @@
+"""The experiment as functions of (params, project root): what each DVC stage runs.
+
+Layout under the project root (every path is a DVC out of exactly one stage):
+
+    results/data.json                      data:     data set summary and fingerprint
+    models/zoo/pool-<p>/                   train:    base models, one ModelStore per pool
+    models/regularized/<name>/             train:    regularized baselines (L1, L2 ...)
+    metrics/train.json                     train:    DVC metrics
+    models/merged/<method>/                merge:    one ModelStore per method (+ metrics/merge-<method>.json)
+    results/evaluation.csv, models.csv     evaluate: tidy metric table and the model catalog
+    results/barriers.csv                   evaluate: barrier curves (naive and weight-matched)
+    results/plots/*.csv, metrics/eval.json evaluate: DVC plots and metrics
+
+The controlled ablation (design §3): pool p holds the models of seeds p*2^D .. (p+1)*2^D-1. For
+every depth d = 1..D the pool is split into 2^(D-d) contiguous groups of 2^d models, and every
+method merges the identical groups: hierarchical once per merge seed and permuted side, MergeMany
+once per merge seed, naive once (it has no randomness).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .config import ConfigError, Params, load_params, to_dict
+from .data import DataError, Dataset, load_dataset
+from .merge import hierarchical_merge, merge_many, naive_merge
+from .metrics import barriers, evaluate
+from .rebasin import mlp_permutation_spec
+from .storage import ModelStore, StorageError, atomic_write_bytes, atomic_write_json, read_manifest
+from .tracking import Tracker
+from .zoo import model_filename, resolve_widths, train_zoo
+
+DATA_RECORD = Path("results/data.json")
+ZOO_DIR = Path("models/zoo")
+REGULARIZED_DIR = Path("models/regularized")
+MERGED_DIR = Path("models/merged")
+EVALUATION_CSV = Path("results/evaluation.csv")
+CATALOG_CSV = Path("results/models.csv")
+BARRIERS_CSV = Path("results/barriers.csv")
+PLOTS_DIR = Path("results/plots")
+METRICS_DIR = Path("metrics")
+
+# Metrics summarized per method and depth in metrics/eval.json and results/plots/ (eps in pixels).
+SUMMARY_METRICS = [("clean_accuracy", None), ("fgsm_robust_accuracy", 0.01), ("fgsm_success_rate", 0.01),
+                   ("deepfool_median_norm", None), ("weight_norm", None), ("lipschitz_global", None)]
+
+
+class PipelineError(RuntimeError):
+    """A stage cannot run as configured or on what earlier stages left (one-line message)."""
+
+
+# ---------------------------------------------------------------- data
+
+
+def load_data(params: Params, root: Path) -> Dataset:
+    p = params.data
+    path = None if p.path is None else (root / p.path if not Path(p.path).is_absolute() else Path(p.path))
+    return load_dataset(p.name, root=root / p.root, download=p.download, seed=p.seed,
+                        test_fraction=p.test_fraction, path=path)
+
+
+def checked_data(params: Params, root: Path) -> Dataset:
+    """The data set, verified against the data stage's record (the same arrays every stage)."""
+    data = load_data(params, root)
+    record = root / DATA_RECORD
+    if not record.exists():
+        raise PipelineError(f"{record}: missing; run the data stage first (dvc repro)")
+    want = json.loads(record.read_text())["fingerprint"]
+    if data.fingerprint != want:
+        raise PipelineError(f"{record}: data fingerprint {want[:12]} differs from the loaded data "
+                            f"{data.fingerprint[:12]}; the data changed, rerun the pipeline (dvc repro)")
+    return data
+
+
+def _eval_split(params: Params, data: Dataset):
+    n = params.data.eval_samples
+    return (data.x_test, data.y_test) if n is None else (data.x_test[:n], data.y_test[:n])
+
+
+def _source(params: Params) -> str:
+    p = params.data
+    return {"digits": "https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset",
+            "mnist": "https://yann.lecun.com/exdb/mnist/",
+            "fashion-mnist": "https://github.com/zalandoresearch/fashion-mnist",
+            "cifar10": "https://www.cs.toronto.edu/~kriz/cifar.html",
+            "cifar100": "https://www.cs.toronto.edu/~kriz/cifar.html"}.get(p.name, f"file://{p.path}")
+
+
+def run_data(params: Params, root: Path) -> dict:
+    data = load_data(params, root)
+    summary = {**data.summary(), "eval_samples": len(_eval_split(params, data)[1])}
+    atomic_write_json(root / DATA_RECORD, summary)
+    with _tracker(params, root, "data") as tr:
+        tr.log_parent(params={"data": params.data})
+        tr.log_dataset(summary, data.fingerprint, _source(params), context="train+test")
+    return summary
+
+
+# ---------------------------------------------------------------- train
+
+
+def pool_dir(root: Path, pool: int) -> Path:
+    return root / ZOO_DIR / f"pool-{pool}"
+
+
+def run_train(params: Params, root: Path) -> dict:
+    data = checked_data(params, root)
+    z = params.zoo
+    widths = resolve_widths(z.arch)
+    jobs = [(f"base/p{p}", pool_dir(root, p), z.train, z.pool_seeds(p), {"kind": "base", "pool": p})
+            for p in range(z.pools)]
+    for name, reg in z.regularized.items():
+        cfg = replace(z.train, l1=reg.l1, l2=reg.l2)
+        jobs.append((name, root / REGULARIZED_DIR / name, cfg, list(range(z.regularized_models)),
+                     {"kind": "regularized", "regularizer": name, "pool": 0}))
+    summary = {}
+    with _tracker(params, root, "train") as tr:
+        tr.log_parent(params={"data": params.data, "zoo": z})
+        tr.log_dataset(data.summary(), data.fingerprint, _source(params))
+        for label, directory, cfg, seeds, tags in jobs:
+            t = time.perf_counter()
+            store = train_zoo(directory, data, widths, cfg, seeds, device=z.device, engine=z.engine)
+            seconds = time.perf_counter() - t
+            accs = []
+            for key in sorted(store.entries, key=int):
+                e = store.entries[key]
+                accs.append(e["metrics"]["test_accuracy"])
+                tr.child(f"{label}/s{key}", tags={**tags, "seed": key, "weights_path": str(store.path(key).relative_to(root)),
+                                                  "weights_sha256": e["sha256"]},
+                         params={"seed": e["seed"], "train": cfg}, metrics=e["metrics"])
+            summary[label] = {"models": len(seeds), "test_accuracy_mean": float(np.mean(accs)),
+                              "test_accuracy_min": float(np.min(accs)), "seconds": round(seconds, 1)}
+        tr.log_parent(metrics={f"{k}/test_accuracy_mean": v["test_accuracy_mean"] for k, v in summary.items()})
+    atomic_write_json(root / METRICS_DIR / "train.json", summary)
+    return summary
+
+
+# ---------------------------------------------------------------- merge
+
+
+@dataclass(frozen=True)
+class MergeJob:
+    method: str
+    pool: int
+    depth: int
+    group: int
+    seed: int | None  # None for naive
+    side: str | None  # hierarchical only
+    members: tuple[int, ...]  # model seeds
+
+    @property
+    def key(self) -> str:
+        parts = [f"p{self.pool}", f"d{self.depth}", f"g{self.group}"]
+        parts += [] if self.seed is None else [f"s{self.seed}"]
+        parts += [] if self.side is None else [self.side]
+        return "-".join(parts)
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.method}/{self.key}"
+
+
+def merge_jobs(params: Params, method: str) -> list[MergeJob]:
+    z, m = params.zoo, params.merge
+    jobs = []
+    for pool in range(z.pools):
+        seeds = z.pool_seeds(pool)
+        for depth in range(1, z.depth + 1):
+            size = 2 ** depth
+            for group in range(z.pool_size // size):
+                members = tuple(seeds[group * size:(group + 1) * size])
+                if method == "naive":
+                    jobs.append(MergeJob(method, pool, depth, group, None, None, members))
+                elif method == "mergemany":
+                    jobs += [MergeJob(method, pool, depth, group, s, None, members) for s in m.seeds]
+                else:
+                    sides = [m.permute] + ([m.other_side] if depth in m.side_ablation else [])
+                    jobs += [MergeJob(method, pool, depth, group, s, side, members) for s in m.seeds for side in sides]
+    return jobs
+
+
+def _run_merge_job(job: MergeJob, files: list[str], shas: list[str], merge: dict, threads: int):
+    """One merge in a worker process: load the members (sha256-verified), merge, return the result."""
+    from .storage import load_params
+
+    torch.set_num_threads(threads)
+    t = time.perf_counter()
+    models = [load_params(Path(f), sha) for f, sha in zip(files, shas)]
+    names = [f"s{s}" for s in job.members]
+    spec = mlp_permutation_spec(models[0])
+    if job.method == "naive":
+        res = naive_merge(models, names=names)
+    elif job.method == "mergemany":
+        res = merge_many(models, spec, seed=job.seed, max_iter=merge["mergemany_max_iter"],
+                         match_max_iter=merge["max_iter"], names=names)
+    else:
+        res = hierarchical_merge(models, spec, seed=job.seed, lam=merge["lam"], pairing=merge["pairing"],
+                                 permute=job.side, max_iter=merge["max_iter"], names=names)
+    return job, res.params, res.provenance, time.perf_counter() - t
+
+
+def run_merge(params: Params, root: Path, method: str, workers: int | None = None) -> dict:
+    if method not in params.merge.methods:
+        raise PipelineError(f"merge method {method!r} is not in merge.methods {list(params.merge.methods)}")
+    jobs = merge_jobs(params, method)
+    stores = {p: _open_pool(root, p) for p in range(params.zoo.pools)}
+    header = {"method": method, "merge": to_dict(params.merge), "zoo": {"depth": params.zoo.depth, "pools": params.zoo.pools},
+              "pools": {str(p): s.header.get("data", {}).get("fingerprint") for p, s in stores.items()}}
+    out = ModelStore(root / MERGED_DIR / method, header)
+    done = out.finished()
+    todo = [j for j in jobs if j.key not in done]
+    # Biggest groups first so the pool's workers finish together.
+    todo.sort(key=lambda j: -len(j.members))
+    workers = max(1, min(len(todo), workers or params.merge.workers or os.cpu_count() or 1))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    merge_cfg = {"max_iter": params.merge.max_iter, "mergemany_max_iter": params.merge.mergemany_max_iter,
+                 "lam": params.merge.lam, "pairing": params.merge.pairing}
+    summary = {"jobs": len(jobs), "reused": len(jobs) - len(todo), "workers": workers}
+    t0 = time.perf_counter()
+    with _tracker(params, root, f"merge-{method}") as tr:
+        tr.log_parent(params={"merge": params.merge, "zoo.depth": params.zoo.depth, "zoo.pools": params.zoo.pools,
+                              "method": method, "workers": workers})
+
+        def record(job, merged, prov, seconds):
+            entry = out.add(job.key, f"{job.key}.safetensors", merged,
+                            {**_job_info(job), "seconds": round(seconds, 3), "provenance": prov})
+            metrics = {"seconds": seconds}
+            if method == "mergemany":
+                metrics.update(iterations=prov["iterations"], converged=float(prov["converged"]))
+            if method == "hierarchical":
+                metrics["converged"] = float(all(s["converged"] for st in prov["stages"] for s in st))
+            tr.child(job.model_id, tags={**_job_tags(job), "weights_path": str(out.path(job.key).relative_to(root)),
+                                         "weights_sha256": entry["sha256"]},
+                     params={"members": ",".join(map(str, job.members)), "tree": prov.get("tree", "")},
+                     metrics=metrics)
+
+        def inputs(job):
+            store = stores[job.pool]
+            keys = [str(s) for s in job.members]
+            return [str(store.path(k)) for k in keys], [store.entries[k]["sha256"] for k in keys]
+
+        bar = tqdm(total=len(todo), desc=f"merge {method}", unit="group", disable=not todo)
+        if workers == 1:
+            for job in todo:
+                record(*_run_merge_job(job, *inputs(job), merge_cfg, threads))
+                bar.update()
+        else:
+            import multiprocessing as mp
+
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+                futures = [pool.submit(_run_merge_job, job, *inputs(job), merge_cfg, threads) for job in todo]
+                for fut in futures:
+                    record(*fut.result())
+                    bar.update()
+        bar.close()
+        summary["seconds"] = round(time.perf_counter() - t0, 1)
+        if method == "mergemany":
+            provs = [e["provenance"] for e in out.entries.values()]
+            summary["converged"] = sum(p["converged"] for p in provs)
+            summary["iterations_max"] = max((p["iterations"] for p in provs), default=0)
+        tr.log_parent(metrics={k: float(v) for k, v in summary.items()})
+    atomic_write_json(root / METRICS_DIR / f"merge-{method}.json", summary)
+    return summary
+
+
+def _open_pool(root: Path, pool: int) -> ModelStore:
+    directory = pool_dir(root, pool)
+    manifest = read_manifest(directory)
+    if manifest is None:
+        raise PipelineError(f"{directory}: no trained pool; run the train stage first (dvc repro)")
+    store = ModelStore(directory, manifest["zoo"])
+    return store
+
+
+def _job_info(job: MergeJob) -> dict:
+    return {"method": job.method, "pool": job.pool, "depth": job.depth, "group": job.group,
+            "seed": job.seed, "side": job.side, "members": list(job.members)}
+
+
+def _job_tags(job: MergeJob) -> dict:
+    return {"kind": "merged", **{("merge_seed" if k == "seed" else k): v for k, v in _job_info(job).items()
+                                 if k != "members" and v is not None}, "n_models": len(job.members)}
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+def model_catalog(params: Params, root: Path) -> tuple[pd.DataFrame, dict[str, Path]]:
+    """Every model the pipeline made: one row of metadata per model id, and its verified file."""
+    rows, files = [], {}
+
+    def add(model_id: str, store: ModelStore, key: str, **meta):
+        store.verify(key) or _missing(store.path(key))
+        rows.append({"model": model_id, **meta})
+        files[model_id] = (store, key)
+
+    for p in range(params.zoo.pools):
+        store = _open_pool(root, p)
+        for key in sorted(store.entries, key=int):
+            add(f"base/p{p}/s{key}", store, key, kind="base", method="none", pool=p, depth=0, n_models=1, seed=int(key))
+    for name in params.zoo.regularized:
+        directory = root / REGULARIZED_DIR / name
+        manifest = read_manifest(directory) or _missing(directory)
+        store = ModelStore(directory, manifest["zoo"])
+        for key in sorted(store.entries, key=int):
+            add(f"{name}/s{key}", store, key, kind="regularized", method=name, pool=0, depth=0, n_models=1, seed=int(key))
+    for method in params.merge.methods:
+        directory = root / MERGED_DIR / method
+        manifest = read_manifest(directory) or _missing(directory)
+        store = ModelStore(directory, manifest["zoo"])
+        for job in merge_jobs(params, method):
+            if job.key not in store.entries:
+                _missing(directory / f"{job.key}.safetensors")
+            add(job.model_id, store, job.key, kind="merged", method=method, pool=job.pool, depth=job.depth,
+                group=job.group, merge_seed=job.seed, side=job.side, n_models=len(job.members))
+    catalog = pd.DataFrame(rows)
+    for col in ("group", "merge_seed", "seed"):
+        if col in catalog:
+            catalog[col] = catalog[col].astype("Int64")  # integers with gaps, not floats
+    return catalog, files
+
+
+def _missing(path: Path):
+    raise PipelineError(f"{path}: missing; run the earlier stages first (dvc repro)")
+
+
+def run_evaluate(params: Params, root: Path) -> dict:
+    data = checked_data(params, root)
+    x, y = _eval_split(params, data)
+    catalog, files = model_catalog(params, root)
+    device = "cuda" if params.zoo.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    if params.zoo.device == "cuda" and device != "cuda":
+        raise PipelineError("zoo.device: cuda requested but torch sees no CUDA device")
+    models = _LazyModels(files)  # loaded one at a time: a paper-scale zoo does not fit in memory
+    table = evaluate(models, x, y, params.eval.metrics, device=device, progress=True)
+    full = catalog.merge(table, on="model", how="right")
+    _write_csv(root / EVALUATION_CSV, full)
+    _write_csv(root / CATALOG_CSV, catalog)
+
+    curves = _barrier_curves(params, models, x.to(device), y.to(device))
+    _write_csv(root / BARRIERS_CSV, curves)
+    summary = _summaries(full, curves, root)
+    with _tracker(params, root, "evaluate") as tr:
+        tr.log_parent(params={"eval": params.eval, "data.eval_samples": params.data.eval_samples})
+        tr.log_dataset(data.summary(), data.fingerprint, _source(params), context="eval")
+        meta = {row["model"]: {k: v for k, v in row.items() if k != "model" and not pd.isna(v)}
+                for row in catalog.astype(object).to_dict("records")}
+        for mid, group in full.groupby("model", sort=False):
+            metrics = {(m if np.isnan(e) else f"{m}/eps_{e:g}"): v for m, e, v in
+                       zip(group.metric, group.eps, group.value)}
+            tr.child(f"eval/{mid}", tags=meta[mid], metrics=metrics)
+        tr.log_parent(metrics=_flat_metrics(summary))
+        for path in (EVALUATION_CSV, CATALOG_CSV, BARRIERS_CSV):
+            tr.log_artifact(root / path)
+    atomic_write_json(root / METRICS_DIR / "eval.json", summary)
+    return summary
+
+
+class _LazyModels(Mapping):
+    def __init__(self, files: dict):
+        self.files = files
+
+    def __getitem__(self, model_id: str):
+        store, key = self.files[model_id]
+        return store.load(key)
+
+    def __iter__(self):
+        return iter(self.files)
+
+    def __len__(self):
+        return len(self.files)
+
+
+def _barrier_curves(params: Params, models: dict, x, y) -> pd.DataFrame:
+    frames = []
+    seeds = params.zoo.pool_seeds(0)
+    for i in range(min(params.eval.barrier_pairs, len(seeds) // 2)):
+        a, b = seeds[2 * i], seeds[2 * i + 1]
+        curves = barriers(models[f"base/p0/s{a}"], models[f"base/p0/s{b}"], x, y, seed=0,
+                          n_points=params.eval.barrier_points, max_iter=params.merge.max_iter)
+        for kind, curve in curves.items():
+            frame = curve.frame()
+            frame.insert(0, "interpolation", kind)
+            frame.insert(0, "pair", f"s{a}-s{b}")
+            for k, v in curve.summary.items():
+                frame[k] = v
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["pair", "interpolation", "lam", "loss", "accuracy"])
+
+
+def _summaries(full: pd.DataFrame, curves: pd.DataFrame, root: Path) -> dict:
+    """metrics/eval.json (means per kind/method/depth) and the wide CSVs DVC plots."""
+    summary: dict = {}
+    plots = root / PLOTS_DIR
+    for metric, eps in SUMMARY_METRICS:
+        sel = full[(full.metric == metric) & ((full.eps == eps) if eps is not None else full.eps.isna())]
+        if sel.empty:
+            continue
+        name = metric if eps is None else f"{metric}@{eps:g}"
+        means = sel.groupby(["method", "depth"]).value.mean()
+        summary[name] = {f"{m}/d{d}": round(float(v), 6) for (m, d), v in means.items()}
+        merged = sel[sel.kind == "merged"]
+        if not merged.empty:
+            wide = merged.groupby(["depth", "method"]).value.mean().unstack("method").reset_index()
+            base = sel[sel.kind == "base"].value.mean()
+            wide.insert(1, "base", base)
+            _write_csv(plots / f"{name.replace('@', '_at_')}_by_depth.csv", wide)
+    if not curves.empty:
+        first = curves[curves.pair == curves.pair.iloc[0]]
+        wide = first.pivot(index="lam", columns="interpolation", values="loss").reset_index()
+        _write_csv(plots / "barrier_loss.csv", wide)
+        summary["barrier"] = {f"{kind}/{k}": round(float(curves[curves.interpolation == kind][k].mean()), 6)
+                              for kind in curves.interpolation.unique()
+                              for k in ("loss_barrier", "accuracy_barrier")}
+    return summary
+
+
+def _flat_metrics(summary: dict) -> dict[str, float]:
+    return {f"{k}/{kk}": v for k, d in summary.items() for kk, v in d.items()}
+
+
+def _write_csv(path: Path, frame: pd.DataFrame) -> None:
+    atomic_write_bytes(path, frame.to_csv(index=False, float_format="%.10g").encode())
+
+
+# ---------------------------------------------------------------- entry point shared by stages/
+
+
+def _tracker(params: Params, root: Path, stage: str) -> Tracker:
+    return Tracker(params.tracking, data_name=params.data.name, stage=stage, root=root)
+
+
+def stage_main(run: Callable[..., dict], argv: list[str] | None = None) -> None:
+    """Parse ``[--params FILE] [extra args]``, run the stage, turn user errors into one line + exit 1."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(description=(run.__doc__ or run.__name__).splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--root", default=".")
+    ap.add_argument("--method", help="merge method (merge stage)")
+    args = ap.parse_args(argv)
+    root = Path(args.root).resolve()
+    try:
+        params = load_params(root / args.params if not Path(args.params).is_absolute() else args.params)
+        extra = {"method": args.method} if args.method else {}
+        summary = run(params, root, **extra)
+    except (ConfigError, DataError, StorageError, PipelineError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(json.dumps(summary, indent=1, default=str)[:4000])

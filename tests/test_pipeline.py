@@ -1,0 +1,126 @@
+"""The DVC pipeline end to end on a tiny configuration, in a scratch copy of the project."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+from audit.config import load_params
+from audit.pipeline import merge_jobs
+from tests.conftest import REPO
+
+TINY = {
+    "data": {"name": "digits", "eval_samples": 100},
+    "zoo": {"arch": [32, 32], "depth": 2, "train": {"epochs": 2, "batch_size": 64},
+            "regularized": {"l2": {"l2": 0.001}}, "regularized_models": 2},
+    "merge": {"seeds": [0, 1], "mergemany_max_iter": 5, "workers": 1},
+    "eval": {"metrics": {"lipschitz_points": 5, "fgsm_eps": [0.0, 0.01], "pgd_eps": [0.01],
+                         "deepfool_eps": [0.5]}, "barrier_pairs": 1},
+}
+
+
+def run(cwd, *args, check=True):
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+    out = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                         timeout=600)
+    if check and out.returncode:
+        raise AssertionError(f"dvc {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
+    return out.stdout + out.stderr
+
+
+def deep_update(base: dict, new: dict) -> dict:
+    for k, v in new.items():
+        base[k] = deep_update(base.get(k) or {}, v) if isinstance(v, dict) and k != "regularized" else v
+    return base
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(REPO / name, root / name)
+    for name in ("stages", "audit"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    # DVC needs every param that dvc.yaml names in the file: the shipped file with tiny overrides.
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    (root / "params.yaml").write_text(yaml.safe_dump(deep_update(params, TINY)))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    run(root, "init", "-q")
+    run(root, "config", "core.analytics", "false")
+    subprocess.run([*git, "add", "-A"], cwd=root, check=True)
+    subprocess.run([*git, "commit", "-qm", "tiny"], cwd=root, check=True)
+    log = run(root, "repro")
+    return root, log
+
+
+@pytest.mark.slow
+def test_repro_runs_every_stage_and_writes_the_tables(project):
+    root, log = project
+    for stage in ("data", "train", "merge@hierarchical", "merge@mergemany", "merge@naive", "evaluate"):
+        assert f"Running stage '{stage}'" in log
+    params = load_params(root / "params.yaml")
+    catalog = pd.read_csv(root / "results/models.csv")
+    n_merged = sum(len(merge_jobs(params, m)) for m in params.merge.methods)
+    assert len(catalog) == 4 + 2 + n_merged
+    table = pd.read_csv(root / "results/evaluation.csv")
+    assert set(table.model) == set(catalog.model)
+    per_model = table.groupby("model").size()
+    assert per_model.nunique() == 1  # every model measured the same way
+    # Hierarchical and MergeMany merged the identical groups.
+    merged = catalog[catalog.kind == "merged"]
+    groups = {m: set(zip(g.depth, g.group)) for m, g in merged.groupby("method")}
+    assert groups["hierarchical"] == groups["mergemany"] == groups["naive"] == {(1, 0), (1, 1), (2, 0)}
+    metrics = json.loads((root / "metrics/eval.json").read_text())
+    assert "clean_accuracy" in metrics and "barrier" in metrics
+    assert "clean_accuracy" in run(root, "metrics", "show")
+
+
+@pytest.mark.slow
+def test_mlflow_has_a_parent_per_stage_and_a_child_per_model(project):
+    from mlflow.tracking import MlflowClient
+
+    root, _ = project
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("rebasin-audit-digits")
+    runs = client.search_runs([exp.experiment_id], max_results=5000)
+    parents = {r.info.run_name: r for r in runs if "mlflow.parentRunId" not in r.data.tags}
+    assert set(parents) == {"data", "train", "merge-hierarchical", "merge-mergemany", "merge-naive", "evaluate"}
+    children = {}
+    for r in runs:
+        if "mlflow.parentRunId" in r.data.tags:
+            children.setdefault(r.data.tags["mlflow.parentRunId"], []).append(r)
+    train = children[parents["train"].info.run_id]
+    assert len(train) == 6
+    base = next(r for r in train if r.info.run_name == "base/p0/s1")
+    assert base.data.params["seed"] == "1" and base.data.params["train.epochs"] == "2"
+    assert 0 < base.data.metrics["test_accuracy"] <= 1
+    assert base.data.tags["weights_path"] == "models/zoo/pool-0/model-000001.safetensors"
+    assert len(base.data.tags["weights_sha256"]) == 64
+    assert parents["train"].inputs.dataset_inputs[0].dataset.name == "digits"
+    hier = children[parents["merge-hierarchical"].info.run_id]
+    run_ = next(r for r in hier if r.info.run_name == "hierarchical/p0-d2-g0-s1-second")
+    assert run_.data.tags["depth"] == "2" and run_.data.tags["merge_seed"] == "1" and run_.data.tags["group"] == "0"
+    evals = children[parents["evaluate"].info.run_id]
+    assert len(evals) == len(pd.read_csv(root / "results/models.csv"))
+    one = next(r for r in evals if r.info.run_name == "eval/mergemany/p0-d1-g1-s0")
+    assert {"clean_accuracy", "fgsm_robust_accuracy/eps_0.01", "lipschitz_global"} <= set(one.data.metrics)
+    assert one.data.tags["method"] == "mergemany"
+
+
+@pytest.mark.slow
+def test_nothing_changed_runs_nothing_and_an_eval_param_reruns_only_evaluation(project):
+    root, _ = project
+    assert "up to date" in run(root, "status")
+    again = run(root, "repro")
+    assert "Running stage" not in again
+    log = run(root, "exp", "run", "-S", "eval.metrics.lipschitz_radius=0.2")
+    ran = [line for line in log.splitlines() if line.startswith("Running stage")]
+    assert ran == ["Running stage 'evaluate':"], log
+    table = pd.read_csv(root / "results/evaluation.csv")
+    assert (table[table.metric == "lipschitz_local_mean"].eps == 0.2).all()
