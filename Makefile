@@ -12,15 +12,22 @@ setup:
 		python3 -m pip install --quiet --user --break-system-packages uv
 	$(UV) sync --frozen --compile-bytecode
 
+# The report's browser test renders report.html in Debian's headless chromium, installed here if
+# missing (needs root and the Debian registry); without it that one test is skipped, saying why.
 test: setup
+	@command -v chromium >/dev/null 2>&1 || \
+		(apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+		 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1)) || \
+		echo "note: could not install Debian's chromium; the report's browser test will be skipped"
 	$(UV) run --frozen pytest
 
 # The whole pipeline on the embedded default (digits): train, merge, evaluate (see dvc.yaml).
 repro: setup
 	$(UV) run --frozen dvc repro
 	@echo
+	@echo "Report:  reports/audit/report.html (and report.md, figures/)"
 	@echo "Results: results/evaluation.csv (one row per model x metric x eps), results/models.csv,"
-	@echo "         results/barriers.csv, metrics/*.json (dvc metrics show), results/plots/ (dvc plots show)"
+	@echo "         results/claims.csv (verdicts), results/compare.csv, results/barriers.csv, metrics/*.json (dvc metrics show), results/plots/ (dvc plots show)"
 	@echo "Models:  models/ (safetensors, tracked by DVC)"
 	@echo "MLflow:  make ui  ->  http://127.0.0.1:5000"
 

@@ -55,3 +55,110 @@ def ui(params_path: str, host: str, port: int, dry_run: bool) -> None:
         raise SystemExit(subprocess.call(cmd))
     except KeyboardInterrupt:
         raise SystemExit(0) from None
+
+
+def _metric_option(values: tuple[str, ...]) -> list[tuple[str, float | None]]:
+    out = []
+    for v in values:
+        name, _, eps = v.partition("@")
+        try:
+            out.append((name, float(eps) if eps else None))
+        except ValueError:
+            raise click.BadParameter(f"{v!r}: write METRIC or METRIC@EPS, e.g. fgsm_robust_accuracy@0.01",
+                                     param_hint="--metric") from None
+    return out
+
+
+def _emit(frame, fmt: str) -> None:
+    import json
+
+    if fmt == "csv":
+        click.echo(frame.to_csv(index=False, float_format="%.6g"), nl=False)
+    elif fmt == "json":
+        click.echo(json.dumps(frame.astype(object).where(frame.notna(), None).to_dict("records"), indent=1))
+    else:
+        import pandas as pd
+
+        with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200,
+                               "display.float_format", "{:.4g}".format):
+            click.echo(frame.to_string(index=False))
+
+
+def _results(params_path: str):
+    from .pipeline import PipelineError, load_results
+
+    params = _load(params_path)
+    try:
+        return params, load_results(params, Path(params_path).resolve().parent)
+    except PipelineError as e:
+        raise click.ClickException(str(e)) from None
+
+
+FORMATS = click.Choice(["table", "csv", "json"])
+
+
+@main.command("compare")
+@click.option("--baseline", default="mergemany", show_default=True, help="method every other is compared with")
+@click.option("--method", "methods", multiple=True, help="method(s) to compare (default: all others)")
+@click.option("--metric", "metric_names", multiple=True, metavar="METRIC[@EPS]",
+              help="metric(s), e.g. clean_accuracy or fgsm_robust_accuracy@0.01 (default: clean_accuracy)")
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@click.option("--params", "params_path", default="params.yaml", show_default=True, help="params file of the run")
+def compare_cmd(baseline: str, methods: tuple[str, ...], metric_names: tuple[str, ...], fmt: str,
+                params_path: str) -> None:
+    """Per depth: each method vs the baseline on identical groups (mean, CI, difference, Holm p, d_z)."""
+    from .claims import ClaimsError
+    from .compare import compare
+
+    params, results = _results(params_path)
+    metrics = _metric_option(metric_names) or [("clean_accuracy", None)]
+    try:
+        table = compare(results, baseline=baseline, methods=list(methods) or None, metrics=metrics,
+                        alpha=params.audit.alpha, n_boot=params.audit.bootstrap, seed=params.audit.seed)
+    except (ClaimsError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    _emit(table, fmt)
+    if fmt == "table":
+        click.echo(f"\nverdict: higher/lower = significant after Holm over these {len(table)} comparisons "
+                   f"(alpha {params.audit.alpha}); n.s. = not significant, compare |diff| with mde "
+                   f"(the smallest difference this n detects with 80% power).")
+
+
+@main.command("claims")
+@click.option("--claims", "claims_path", default="reports/claims.yaml", show_default=True, help="claims registry")
+@click.option("--detail", is_flag=True, help="one row per tested unit (depth, change...) instead of per claim")
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@click.option("--params", "params_path", default="params.yaml", show_default=True, help="params file of the run")
+def claims_cmd(claims_path: str, detail: bool, fmt: str, params_path: str) -> None:
+    """Evaluate every claim of the registry on the last run: supported / contradicted / inconclusive."""
+    from .claims import ClaimsError, claim_verdicts, evaluate_claims, load_claims
+
+    params, results = _results(params_path)
+    a = params.audit
+    try:
+        rows = evaluate_claims(load_claims(claims_path), results, alpha=a.alpha, margin=a.equivalence_margin,
+                               n_boot=a.bootstrap, seed=a.seed)
+    except ClaimsError as e:
+        raise click.ClickException(str(e)) from None
+    if detail:
+        _emit(rows[["id", "unit", "n", "effect", "ci_low", "ci_high", "d_z", "mde", "p", "p_holm", "verdict"]], fmt)
+    else:
+        table = claim_verdicts(rows)
+        _emit(table, fmt)
+        if fmt == "table":
+            counts = table.verdict.value_counts()
+            click.echo("\n" + ", ".join(f"{counts.get(v, 0)} {v}" for v in ("supported", "contradicted", "inconclusive")))
+
+
+@main.command("report")
+@click.option("--params", "params_path", default="params.yaml", show_default=True, help="params file of the run")
+def report_cmd(params_path: str) -> None:
+    """Write reports/audit/report.md and report.html from the last run's results (no model is loaded)."""
+    from .report import ReportError, build_report
+
+    params = _load(params_path)
+    try:
+        path = build_report(Path(params_path).resolve().parent, params)
+    except ReportError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"report: {path}")

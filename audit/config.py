@@ -134,8 +134,11 @@ class EvalParams:
     metrics: EvalConfig = field(default_factory=EvalConfig)
     barrier_points: int = 25  # lam grid of the barrier curves
     barrier_pairs: int = 2  # base-model pairs (0,1), (2,3), ... of pool 0 whose barrier curves are measured
+    workers: int = 0  # evaluation processes on CPU; 0: one per core (CUDA evaluates in-process)
 
     def check(self):
+        if self.workers < 0:
+            raise ValueError(f"workers: must be >= 0 (0: one per core), got {self.workers}")
         if self.barrier_points < 2:
             raise ValueError(f"barrier_points: must be >= 2, got {self.barrier_points}")
         if self.barrier_pairs < 0:

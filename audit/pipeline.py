@@ -343,7 +343,7 @@ def run_evaluate(params: Params, root: Path) -> dict:
     if params.zoo.device == "cuda" and device != "cuda":
         raise PipelineError("zoo.device: cuda requested but torch sees no CUDA device")
     models = _LazyModels(files)  # loaded one at a time: a paper-scale zoo does not fit in memory
-    table = evaluate(models, x, y, params.eval.metrics, device=device, progress=True)
+    table = _evaluate_all(params, files, x, y, device)
     full = catalog.merge(table, on="model", how="right")
     _write_csv(root / EVALUATION_CSV, full)
     _write_csv(root / CATALOG_CSV, catalog)
@@ -365,6 +365,38 @@ def run_evaluate(params: Params, root: Path) -> dict:
             tr.log_artifact(root / path)
     atomic_write_json(root / METRICS_DIR / "eval.json", summary)
     return summary
+
+
+def _evaluate_chunk(items: list[tuple[str, str, str]], x, y, cfg, device: str, threads: int) -> pd.DataFrame:
+    """Evaluate (model id, file, sha256) items in a worker process."""
+    from .storage import load_params
+
+    torch.set_num_threads(threads)
+    models = {mid: load_params(Path(f), sha) for mid, f, sha in items}
+    return evaluate(models, x, y, cfg, device=device)
+
+
+def _evaluate_all(params: Params, files: dict, x, y, device: str) -> pd.DataFrame:
+    """`audit.metrics.evaluate` over every model: in-process on CUDA, else over worker processes
+    (models are independent; on CPU the attacks do not use more than one core well)."""
+    ids = list(files)
+    workers = max(1, min(len(ids), params.eval.workers or os.cpu_count() or 1))
+    if device == "cuda" or workers == 1:
+        return evaluate(_LazyModels(files), x, y, params.eval.metrics, device=device, progress=True)
+    import multiprocessing as mp
+
+    items = [(mid, str(files[mid][0].path(files[mid][1])), files[mid][0].entries[files[mid][1]]["sha256"])
+             for mid in ids]
+    chunks = [items[i:i + 4] for i in range(0, len(items), 4)]  # small tasks: balanced load, live progress
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    frames = []
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool, \
+            tqdm(total=len(items), desc="evaluate", unit="model") as bar:
+        futures = [pool.submit(_evaluate_chunk, c, x, y, params.eval.metrics, device, threads) for c in chunks]
+        for chunk, fut in zip(chunks, futures):
+            frames.append(fut.result())
+            bar.update(len(chunk))
+    return pd.concat(frames, ignore_index=True)
 
 
 class _LazyModels(Mapping):
@@ -433,6 +465,100 @@ def _flat_metrics(summary: dict) -> dict[str, float]:
 
 def _write_csv(path: Path, frame: pd.DataFrame) -> None:
     atomic_write_bytes(path, frame.to_csv(index=False, float_format="%.10g").encode())
+
+
+# ---------------------------------------------------------------- audit
+
+CLAIMS_YAML = Path("reports/claims.yaml")
+CLAIMS_CSV = Path("results/claims.csv")
+VERDICTS_JSON = Path("results/claims.json")
+COMPARE_CSV = Path("results/compare.csv")
+COMPARE_METRICS = [("clean_accuracy", None), ("fgsm_robust_accuracy", 0.01), ("fgsm_robust_accuracy", 0.05),
+                   ("deepfool_median_norm", None), ("weight_norm", None), ("lipschitz_global", None)]
+
+
+def load_results(params: Params, root: Path):
+    """The evaluation table of the last run as `audit.claims.Results`."""
+    from .claims import Results
+
+    path = root / EVALUATION_CSV
+    if not path.exists():
+        raise PipelineError(f"{path}: no evaluated results yet; run the pipeline first (make repro or dvc repro)")
+    table = pd.read_csv(path)
+    missing = {"model", "kind", "method", "depth", "pool", "group", "metric", "eps", "value"} - set(table.columns)
+    if missing:
+        raise PipelineError(f"{path}: not an evaluation table (missing column {sorted(missing)[0]!r})")
+    return Results(table, pool_depth=params.zoo.depth, main_side=params.merge.permute)
+
+
+def _measured(results, metric: str, eps: float | None) -> bool:
+    from .claims import NotMeasured
+
+    try:
+        results.values(metric, eps)
+        return True
+    except NotMeasured:
+        return False
+
+
+def run_audit(params: Params, root: Path) -> dict:
+    from .claims import ClaimsError, claim_verdicts, evaluate_claims, load_claims
+    from .compare import COLUMNS as COMPARE_COLUMNS, compare
+
+    results = load_results(params, root)
+    a = params.audit
+    try:
+        claims = load_claims(root / CLAIMS_YAML)
+        rows = evaluate_claims(claims, results, alpha=a.alpha, margin=a.equivalence_margin, n_boot=a.bootstrap,
+                               seed=a.seed)
+    except ClaimsError as e:
+        raise PipelineError(str(e)) from None
+    verdicts = claim_verdicts(rows)
+    _write_csv(root / CLAIMS_CSV, rows)
+    by_id = {c.id: c for c in claims}
+    atomic_write_json(root / VERDICTS_JSON, [
+        {**v, "source": by_id[v["id"]].source, "quote": by_id[v["id"]].quote, "control": by_id[v["id"]].control,
+         "tests": rows[rows.id == v["id"]].replace({np.nan: None}).to_dict("records")}
+        for v in verdicts.to_dict("records")])
+    if "mergemany" in params.merge.methods and len(params.merge.methods) > 1:
+        measured = [(m, e) for m, e in COMPARE_METRICS if _measured(results, m, e)]
+        table = compare(results, baseline="mergemany", metrics=measured, alpha=a.alpha, n_boot=a.bootstrap,
+                        seed=a.seed)
+    else:  # nothing to compare with: an empty table keeps the stage's outs complete
+        table = pd.DataFrame(columns=COMPARE_COLUMNS)
+    _write_csv(root / COMPARE_CSV, table)
+    counts = {v: int((verdicts.verdict == v).sum()) for v in ("supported", "contradicted", "inconclusive")}
+    summary = {**counts, "claims": len(verdicts), "tests": len(rows)}
+    with _tracker(params, root, "audit") as tr:
+        tr.log_parent(params={"audit": a}, metrics={k: float(v) for k, v in summary.items()})
+        for v in verdicts.to_dict("records"):
+            tr.child(f"claim/{v['id']}", tags={"verdict": v["verdict"], "source": by_id[v["id"]].source},
+                     metrics={f"{r.unit}/p_holm": r.p_holm for r in rows[rows.id == v["id"]].itertuples()})
+        for path in (CLAIMS_CSV, VERDICTS_JSON, COMPARE_CSV):
+            if (root / path).exists():
+                tr.log_artifact(root / path)
+    atomic_write_json(root / METRICS_DIR / "audit.json", summary)
+    return summary
+
+
+# ---------------------------------------------------------------- report
+
+
+def run_report(params: Params, root: Path) -> dict:
+    from .report import ReportError, build_report
+
+    try:
+        html_path = build_report(root, params)
+    except ReportError as e:
+        raise PipelineError(str(e)) from None
+    figures = sorted(p.name for p in (html_path.parent / "figures").glob("*.png"))
+    with _tracker(params, root, "report") as tr:
+        tr.log_parent(params={"figures": ",".join(figures)})
+        tr.log_artifact(html_path.parent / "report.md", "report")
+        tr.log_artifact(html_path, "report")
+        for name in figures:
+            tr.log_artifact(html_path.parent / "figures" / name, "report/figures")
+    return {"report": str(html_path.relative_to(root)), "figures": figures}
 
 
 # ---------------------------------------------------------------- entry point shared by stages/

@@ -1,3 +1,4 @@
+import pytest
 from click.testing import CliRunner
 
 from audit import __version__
@@ -29,3 +30,65 @@ def test_ui_with_bad_params_is_one_line(tmp_path):
     res = CliRunner().invoke(main, ["ui", "--params", str(params)])
     assert res.exit_code == 1
     assert res.output.strip().splitlines() == [f"Error: {params}: tracking.url: unknown key; allowed: uri, experiment_prefix, enabled"]
+
+
+def fixture_project(tmp_path):
+    from tests.synthetic import synthetic_results
+
+    (tmp_path / "results").mkdir()
+    synthetic_results(effects={"hierarchical": lambda d: -0.01, "mergemany": lambda d: -0.01 - 0.02 * (d >= 2)}
+                      ).to_csv(tmp_path / "results" / "evaluation.csv", index=False)
+    (tmp_path / "params.yaml").write_text("zoo:\n  depth: 3\naudit:\n  bootstrap: 500\n")
+    return tmp_path / "params.yaml"
+
+
+def test_compare_prints_per_depth_differences_to_the_baseline(tmp_path):
+    params = fixture_project(tmp_path)
+    res = CliRunner().invoke(main, ["compare", "--baseline", "mergemany", "--params", str(params)])
+    assert res.exit_code == 0, res.output
+    lines = [l.split() for l in res.output.splitlines() if l.startswith("clean_accuracy")]
+    assert len(lines) == 3 * 2  # depths 1..3 x {hierarchical, naive}
+    res = CliRunner().invoke(main, ["compare", "--method", "hierarchical", "--format", "csv", "--params", str(params)])
+    import io
+
+    import pandas as pd
+
+    table = pd.read_csv(io.StringIO(res.output))
+    assert list(table.depth) == [1, 2, 3] and set(table.method) == {"hierarchical"}
+    assert list(table.verdict) == ["n.s.", "higher", "higher"]
+    assert table.loc[1, "diff"] == pytest.approx(0.02, abs=0.003)
+    assert (table.p_holm >= table.p).all()
+    res = CliRunner().invoke(main, ["compare", "--format", "json", "--metric", "clean_accuracy", "--params", str(params)])
+    import json
+
+    assert len(json.loads(res.output)) == 6
+
+
+def test_compare_and_claims_say_clearly_when_there_is_nothing_to_read(tmp_path):
+    (tmp_path / "params.yaml").write_text("zoo:\n  depth: 3\n")
+    for cmd in (["compare"], ["claims"]):
+        res = CliRunner().invoke(main, [*cmd, "--params", str(tmp_path / "params.yaml")])
+        assert res.exit_code == 1
+        assert "no evaluated results yet; run the pipeline first" in res.output and "Traceback" not in res.output
+    params = fixture_project(tmp_path)
+    res = CliRunner().invoke(main, ["compare", "--baseline", "git", "--params", str(params)])
+    assert res.exit_code == 1 and "baseline 'git' has no merged models" in res.output
+    res = CliRunner().invoke(main, ["compare", "--metric", "fgsm@x", "--params", str(params)])
+    assert res.exit_code == 2 and "METRIC@EPS" in res.output
+
+
+def test_claims_prints_the_verdict_table(tmp_path):
+    params = fixture_project(tmp_path)
+    claims = tmp_path / "claims.yaml"
+    claims.write_text(
+        "claims:\n"
+        "  - {id: h-beats-mm, source: s, quote: q, metric: clean_accuracy, test: paired, a: hierarchical,"
+        " b: mergemany, depth: [2, 3], expect: greater}\n"
+        "  - {id: mm-beats-h, source: s, quote: q, metric: clean_accuracy, test: paired, a: mergemany,"
+        " b: hierarchical, depth: [3], expect: greater}\n")
+    res = CliRunner().invoke(main, ["claims", "--claims", str(claims), "--params", str(params)])
+    assert res.exit_code == 0, res.output
+    assert "h-beats-mm" in res.output and "1 supported, 1 contradicted, 0 inconclusive" in res.output
+    res = CliRunner().invoke(main, ["claims", "--detail", "--format", "csv", "--claims", str(claims),
+                                    "--params", str(params)])
+    assert res.output.count("\n") == 1 + 3

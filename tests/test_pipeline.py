@@ -44,7 +44,7 @@ def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(REPO / name, root / name)
-    for name in ("stages", "audit"):
+    for name in ("stages", "audit", "reports"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     # DVC needs every param that dvc.yaml names in the file: the shipped file with tiny overrides.
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -62,7 +62,8 @@ def project(tmp_path_factory):
 @pytest.mark.slow
 def test_repro_runs_every_stage_and_writes_the_tables(project):
     root, log = project
-    for stage in ("data", "train", "merge@hierarchical", "merge@mergemany", "merge@naive", "evaluate"):
+    for stage in ("data", "train", "merge@hierarchical", "merge@mergemany", "merge@naive", "evaluate", "audit",
+                  "report"):
         assert f"Running stage '{stage}'" in log
     params = load_params(root / "params.yaml")
     catalog = pd.read_csv(root / "results/models.csv")
@@ -79,6 +80,32 @@ def test_repro_runs_every_stage_and_writes_the_tables(project):
     metrics = json.loads((root / "metrics/eval.json").read_text())
     assert "clean_accuracy" in metrics and "barrier" in metrics
     assert "clean_accuracy" in run(root, "metrics", "show")
+    audit = json.loads((root / "metrics/audit.json").read_text())
+    claims = pd.read_csv(root / "results/claims.csv")
+    assert audit["claims"] == claims.id.nunique() >= 15
+    assert audit["supported"] + audit["contradicted"] + audit["inconclusive"] == audit["claims"]
+    assert "## Verdicts" in (root / "reports/audit/report.md").read_text()
+    assert (root / "reports/audit/report.html").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_compare_and_claims_read_the_pipelines_results(project):
+    from click.testing import CliRunner
+
+    from audit.cli import main
+
+    root, _ = project
+    res = CliRunner().invoke(main, ["compare", "--baseline", "mergemany", "--format", "csv",
+                                    "--params", str(root / "params.yaml")])
+    assert res.exit_code == 0, res.output
+    import io
+
+    table = pd.read_csv(io.StringIO(res.output))
+    assert set(table.method) == {"hierarchical", "naive"} and list(table.depth.unique()) == [1, 2]
+    assert (table.n == [2, 2, 1, 1]).all()  # groups of the single pool: 2 pairs, 1 group of 4
+    res = CliRunner().invoke(main, ["claims", "--claims", str(root / "reports/claims.yaml"),
+                                    "--params", str(root / "params.yaml")])
+    assert res.exit_code == 0 and "F1-hierarchical-beats-mergemany" in res.output
 
 
 @pytest.mark.slow
@@ -90,7 +117,8 @@ def test_mlflow_has_a_parent_per_stage_and_a_child_per_model(project):
     exp = client.get_experiment_by_name("rebasin-audit-digits")
     runs = client.search_runs([exp.experiment_id], max_results=5000)
     parents = {r.info.run_name: r for r in runs if "mlflow.parentRunId" not in r.data.tags}
-    assert set(parents) == {"data", "train", "merge-hierarchical", "merge-mergemany", "merge-naive", "evaluate"}
+    assert set(parents) == {"data", "train", "merge-hierarchical", "merge-mergemany", "merge-naive", "evaluate",
+                            "audit", "report"}
     children = {}
     for r in runs:
         if "mlflow.parentRunId" in r.data.tags:
@@ -121,6 +149,6 @@ def test_nothing_changed_runs_nothing_and_an_eval_param_reruns_only_evaluation(p
     assert "Running stage" not in again
     log = run(root, "exp", "run", "-S", "eval.metrics.lipschitz_radius=0.2")
     ran = [line for line in log.splitlines() if line.startswith("Running stage")]
-    assert ran == ["Running stage 'evaluate':"], log
+    assert ran == ["Running stage 'evaluate':", "Running stage 'audit':", "Running stage 'report':"], log
     table = pd.read_csv(root / "results/evaluation.csv")
     assert (table[table.metric == "lipschitz_local_mean"].eps == 0.2).all()

@@ -1,0 +1,284 @@
+"""The claims registry (reports/claims.yaml) -> statistical verdicts on the evaluated zoo.
+
+Every claim names a metric (and eps), a test and the expected outcome. Tests (units of replication
+in brackets; design §2):
+
+* ``paired``: method a vs method b at each listed depth [merge groups: both methods merged the
+  identical base models; several merge seeds are averaged within a group].
+* ``depth_change``: a method's value at ``to_depth`` minus the mean of its sub-groups at
+  ``from_depth`` [groups at to_depth]; with ``b``, a's change minus b's change.
+* ``vs_base``: a method at ``depth`` minus the mean of the base models it merged [groups].
+* ``trend``: slope of the metric over depth (base models = depth 0 if ``include_base``) for one
+  method [mixed model, pool as random effect; see `audit.stats.depth_trend`].
+* ``unpaired``: models selected by ``a`` vs by ``b`` (e.g. L2-regularized baselines vs merged
+  models) [models; Welch's t-test].
+* ``equivalence`` expectation: TOST with ``margin`` (default: audit.equivalence_margin).
+* ``sides``: hierarchical with the first vs the second model of each pair permuted [group x seed].
+
+Verdicts: a directional claim (expect greater / less) is *supported* when its Holm-adjusted p
+(over all claims) is below alpha and the effect has the expected sign, *contradicted* when it is
+significant with the opposite sign, otherwise *inconclusive* - reported with the minimal
+detectable effect at the achieved n, which tells "no difference" from "too few models to tell".
+An equivalence claim is *supported* when TOST rejects non-equivalence, *contradicted* when the
+difference is significant and larger than the margin, otherwise inconclusive.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from . import stats
+
+TESTS = ("paired", "depth_change", "vs_base", "trend", "unpaired", "sides")
+EXPECT = ("greater", "less", "equivalent")
+VERDICTS = ("supported", "contradicted", "inconclusive")
+
+
+class ClaimsError(ValueError):
+    """A malformed claims registry or results table (one-line message naming the claim and key)."""
+
+
+class NotMeasured(LookupError):
+    """The results have no values for a claim's metric at its eps (the eval grid differs)."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    source: str
+    quote: str
+    metric: str
+    test: str
+    expect: str
+    eps: float | None = None
+    a: str | None = None  # method (or selector "kind:method" for unpaired)
+    b: str | None = None
+    depth: tuple[int, ...] = ()
+    from_depth: int | None = None
+    to_depth: int | None = None
+    margin: float | None = None
+    include_base: bool = False
+    note: str = ""
+    control: bool = False  # a control the review asked for, not a claim of a paper
+
+
+def load_claims(path: str | Path) -> list[Claim]:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ClaimsError(f"{path}: claims registry not found") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ClaimsError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    entries = raw.get("claims") if isinstance(raw, dict) else None
+    if not isinstance(entries, list):
+        raise ClaimsError(f"{path}: expected a top-level 'claims:' list")
+    fields = set(Claim.__dataclass_fields__)
+    out, seen = [], set()
+    for i, e in enumerate(entries):
+        where = f"{path}: claims[{i}]" + (f" ({e.get('id')})" if isinstance(e, dict) and e.get("id") else "")
+        if not isinstance(e, dict):
+            raise ClaimsError(f"{where}: expected a mapping")
+        unknown = set(e) - fields
+        if unknown:
+            raise ClaimsError(f"{where}: unknown key {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(fields))}")
+        missing = [k for k in ("id", "source", "quote", "metric", "test", "expect") if k not in e]
+        if missing:
+            raise ClaimsError(f"{where}: missing key {missing[0]!r}")
+        if e["test"] not in TESTS:
+            raise ClaimsError(f"{where}: test: unknown value {e['test']!r}; allowed: {', '.join(TESTS)}")
+        if e["expect"] not in EXPECT:
+            raise ClaimsError(f"{where}: expect: unknown value {e['expect']!r}; allowed: {', '.join(EXPECT)}")
+        if e["id"] in seen:
+            raise ClaimsError(f"{where}: id {e['id']!r} used twice")
+        seen.add(e["id"])
+        depth = e.get("depth", ())
+        e = {**e, "depth": tuple(depth if isinstance(depth, list) else [depth]) if depth != () else ()}
+        out.append(Claim(**e))
+    return out
+
+
+# ---------------------------------------------------------------- selecting values
+
+
+@dataclass
+class Results:
+    """The evaluation table joined with the model catalog, plus the ablation's shape."""
+
+    table: pd.DataFrame  # results/evaluation.csv
+    pool_depth: int  # D
+    main_side: str = "second"
+    _cache: dict = field(default_factory=dict)
+
+    def values(self, metric: str, eps: float | None) -> pd.DataFrame:
+        key = (metric, eps)
+        if key not in self._cache:
+            t = self.table[self.table.metric == metric]
+            t = t[t.eps.isna()] if eps is None else t[np.isclose(t.eps, eps)]
+            if t.empty:
+                have = sorted(self.table[self.table.metric == metric].eps.dropna().unique())
+                raise NotMeasured(f"no results for {metric!r} at eps {eps}"
+                                  + (f" (measured at eps {', '.join(f'{e:g}' for e in have)})" if have else ""))
+            self._cache[key] = t
+        return self._cache[key]
+
+    def by_group(self, metric: str, eps: float | None, method: str, depth: int) -> pd.Series:
+        """Per (pool, group): the method's value at depth, averaged over merge seeds (main side)."""
+        t = self.values(metric, eps)
+        t = t[(t.kind == "merged") & (t.method == method) & (t.depth == depth)]
+        t = t[t.side.isna() | (t.side == self.main_side)]
+        return t.groupby(["pool", "group"]).value.mean()
+
+    def base_members(self, metric: str, eps: float | None, depth: int) -> pd.Series:
+        """Per (pool, group at depth): the mean over the base models the group merged."""
+        t = self.values(metric, eps)
+        base = t[t.kind == "base"].copy()
+        size = 2 ** self.pool_depth
+        base["group"] = (base.seed.astype(int) - base.pool.astype(int) * size) // 2 ** depth
+        return base.groupby(["pool", "group"]).value.mean()
+
+    def subgroup_mean(self, metric: str, eps: float | None, method: str, from_depth: int, to_depth: int) -> pd.Series:
+        """Per (pool, group at to_depth): mean of the method's values over its sub-groups at from_depth."""
+        sub = self.by_group(metric, eps, method, from_depth).reset_index()
+        sub["group"] = sub.group.astype(int) // 2 ** (to_depth - from_depth)
+        return sub.groupby(["pool", "group"]).value.mean()
+
+    def select(self, selector: str, metric: str, eps: float | None) -> pd.Series:
+        """``kind:method[@depth]`` (e.g. ``regularized:l2``, ``merged:hierarchical@4``, ``base``)."""
+        t = self.values(metric, eps)
+        spec, _, depth = selector.partition("@")
+        kind, _, method = spec.partition(":")
+        t = t[t.kind == kind]
+        if method:
+            t = t[t.method == method]
+        if depth:
+            t = t[t.depth == int(depth)]
+        if kind == "merged":
+            t = t[t.side.isna() | (t.side == self.main_side)]
+        return t.value
+
+
+def _aligned(a: pd.Series, b: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    both = pd.concat([a.rename("a"), b.rename("b")], axis=1).dropna()
+    return both.a.to_numpy(), both.b.to_numpy()
+
+
+# ---------------------------------------------------------------- evaluating claims
+
+
+def _test_claim(c: Claim, r: Results, margin: float, alpha: float, n_boot: int, seed: int) -> list[dict]:
+    """One row per tested unit of the claim (per depth for ``paired`` over several depths)."""
+    kw = dict(alpha=alpha, n_boot=n_boot, seed=seed)
+    rows = []
+
+    def add(label: str, a, b=None, res: dict | None = None):
+        if res is None:
+            if c.expect == "equivalent":
+                res = {**stats.paired(a, b, **kw), **stats.equivalence(a, b, margin)} if b is not None else \
+                    {**stats.one_sample(a, **kw), **stats.equivalence(a, np.zeros_like(a), margin)}
+            else:
+                res = stats.paired(a, b, **kw) if b is not None else stats.one_sample(a, **kw)
+        rows.append({"unit": label, **res})
+
+    if c.test == "paired":
+        for d in c.depth or range(1, r.pool_depth + 1):
+            a, b = _aligned(r.by_group(c.metric, c.eps, c.a, d), r.by_group(c.metric, c.eps, c.b, d))
+            add(f"depth {d} ({2 ** d} models)", a, b)
+    elif c.test == "depth_change":
+        f, t = c.from_depth, c.to_depth
+        change_a = r.by_group(c.metric, c.eps, c.a, t) - r.subgroup_mean(c.metric, c.eps, c.a, f, t)
+        if c.b:
+            change_b = r.by_group(c.metric, c.eps, c.b, t) - r.subgroup_mean(c.metric, c.eps, c.b, f, t)
+            a, b = _aligned(change_a, change_b)
+            add(f"change {2 ** f}->{2 ** t} models, {c.a} minus {c.b}", a, b)
+        else:
+            add(f"change {2 ** f}->{2 ** t} models", change_a.dropna().to_numpy())
+    elif c.test == "vs_base":
+        for d in c.depth or (1,):
+            a, b = _aligned(r.by_group(c.metric, c.eps, c.a, d), r.base_members(c.metric, c.eps, d))
+            add(f"depth {d}: {c.a} minus its base models", a, b)
+    elif c.test == "trend":
+        t = r.values(c.metric, c.eps)
+        sel = t[(t.kind == "merged") & (t.method == c.a) & (t.side.isna() | (t.side == r.main_side))]
+        if c.include_base:
+            sel = pd.concat([sel, t[t.kind == "base"]])
+        res = stats.depth_trend(sel[["value", "depth", "pool"]])
+        res.setdefault("mde", float("nan"))
+        add(f"slope per merge level ({c.a}{', base = 0' if c.include_base else ''})", None, res=res)
+    elif c.test == "unpaired":
+        a = r.select(c.a, c.metric, c.eps).to_numpy()
+        b = r.select(c.b, c.metric, c.eps).to_numpy()
+        add(f"{c.a} vs {c.b}", None, res=stats.unpaired(a, b, **kw))
+    elif c.test == "sides":
+        t = r.values(c.metric, c.eps)
+        h = t[(t.kind == "merged") & (t.method == "hierarchical")]
+        for d in c.depth or (1,):
+            hd = h[h.depth == d]
+            first = hd[hd.side == "first"].set_index(["pool", "group", "merge_seed"]).value
+            second = hd[hd.side == "second"].set_index(["pool", "group", "merge_seed"]).value
+            a, b = _aligned(first, second)
+            add(f"depth {d}: first minus second permuted", a, b)
+    return rows
+
+
+def evaluate_claims(claims: list[Claim], results: Results, *, alpha: float = 0.05, margin: float = 0.01,
+                    n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """One row per claim x unit: effect, CI, raw and Holm-adjusted p, n, MDE and the verdict."""
+    rows = []
+    for c in claims:
+        m = c.margin if c.margin is not None else margin
+        try:
+            tested = _test_claim(c, results, m, alpha, n_boot, seed)
+        except NotMeasured as e:
+            # The run's eval grid does not include what the claim needs: reported, not fatal.
+            tested = [{"unit": f"not measured: {e}", "n": 0}]
+        for row in tested:
+            rows.append({"id": c.id, "source": c.source, "metric": c.metric, "eps": c.eps, "test": c.test,
+                         "expect": c.expect, "control": c.control, "margin": m if c.expect == "equivalent" else np.nan,
+                         **{k: row.get(k, np.nan) for k in ("unit", "n", "effect", "ci_low", "ci_high", "d_z", "mde",
+                                                             "p_t", "p_tost", "model")}})
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    # One family: every claim's primary p-value (the t-test; TOST for equivalence claims).
+    out["p"] = np.where(out.expect == "equivalent", out.p_tost, out.p_t)
+    out["p_holm"] = stats.holm(out.p.to_numpy(), alpha)
+    # For equivalence claims the difference test (to call a contradiction) is adjusted as well.
+    out["p_diff_holm"] = stats.holm(out.p_t.to_numpy(), alpha)
+    out["verdict"] = [_verdict(r, alpha) for r in out.itertuples()]
+    return out
+
+
+def _verdict(r, alpha: float) -> str:
+    if r.n is None or (isinstance(r.n, float) and math.isnan(r.n)) or r.n < 2 or math.isnan(r.p_holm):
+        return "inconclusive"
+    if r.expect == "equivalent":
+        if r.p_holm < alpha:
+            return "supported"
+        if r.p_diff_holm < alpha and abs(r.effect) > r.margin:
+            return "contradicted"
+        return "inconclusive"
+    if r.p_holm >= alpha:
+        return "inconclusive"
+    sign_ok = r.effect > 0 if r.expect == "greater" else r.effect < 0
+    return "supported" if sign_ok else "contradicted"
+
+
+def claim_verdicts(rows: pd.DataFrame) -> pd.DataFrame:
+    """One verdict per claim: supported/contradicted only if every unit agrees, else inconclusive
+    (mixed units are reported as such, e.g. supported at depth 2 but not at depth 3)."""
+    out = []
+    for cid, g in rows.groupby("id", sort=False):
+        verdicts = set(g.verdict)
+        verdict = verdicts.pop() if len(verdicts) == 1 else "inconclusive"
+        out.append({"id": cid, "verdict": verdict, "units": len(g),
+                    "detail": "; ".join(f"{u}: {v}" for u, v in zip(g.unit, g.verdict))})
+    return pd.DataFrame(out)

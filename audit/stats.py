@@ -1,0 +1,161 @@
+"""Statistics for the audit, on scipy and statsmodels (no hand-rolled tests).
+
+* `paired`: two methods on identical groups -> mean difference with a bootstrap 95% CI, paired
+  t-test, Wilcoxon signed-rank, Cohen's d_z, and the minimal detectable effect at the achieved n.
+* `one_sample`: a quantity against a fixed value (a barrier against 0, a difference against 0).
+* `holm`: Holm's step-down adjustment across a family of p-values.
+* `equivalence`: TOST on paired samples with a margin (for "no significant influence" claims).
+* `unpaired`: two sets of different models (regularized baselines vs merged): Welch's t-test.
+* `depth_trend`: metric ~ depth with a random intercept per pool (statsmodels ``mixedlm``), so
+  merged models that share base models are not counted as independent; with fewer than 3 pools a
+  random effect cannot be estimated and the slope comes from OLS (stated in the result).
+
+Every function returns a plain dict (JSON-serializable) so results can be tabulated and reported.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
+from statsmodels.stats.weightstats import ttost_paired
+
+POWER = 0.8  # power at which the minimal detectable effect is reported
+
+
+def _clean(x) -> np.ndarray:
+    return np.asarray(x, dtype=float)
+
+
+def minimal_detectable_effect(n: int, sd: float, alpha: float = 0.05, power: float = POWER) -> float:
+    """Smallest true mean difference a two-sided one-sample/paired t-test at ``alpha`` detects with
+    ``power``, in the metric's units: d_z solved by statsmodels, times the sd of the differences."""
+    if n < 2 or not np.isfinite(sd):
+        return float("nan")
+    d = TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power, alternative="two-sided")
+    return float(d * sd)
+
+
+def bootstrap_ci(values, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile-BCa bootstrap CI of the mean (scipy.stats.bootstrap); NaNs if n < 2 or no spread."""
+    v = _clean(values)
+    if len(v) < 2 or np.all(v == v[0]):
+        return (float(v.mean()), float(v.mean())) if len(v) else (float("nan"), float("nan"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # BCa warns on degenerate resamples; the interval is still valid
+        res = stats.bootstrap((v,), np.mean, n_resamples=n_boot, confidence_level=level,
+                              rng=np.random.default_rng(seed), method="BCa")
+    lo, hi = res.confidence_interval
+    return float(lo), float(hi)
+
+
+def one_sample(values, value: float = 0.0, *, alpha: float = 0.05, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Mean of ``values`` against ``value``: t-test, Wilcoxon, CI, d_z and the detectable effect."""
+    d = _clean(values) - value
+    n = len(d)
+    out = {"n": n, "mean": float(d.mean() + value) if n else float("nan"),
+           "effect": float(d.mean()) if n else float("nan")}
+    sd = float(d.std(ddof=1)) if n > 1 else float("nan")
+    lo, hi = bootstrap_ci(d, n_boot=n_boot, seed=seed)
+    out.update(ci_low=lo, ci_high=hi, sd=sd)
+    if n < 2 or sd == 0:
+        # No spread: a t-test is undefined; the sign of an exactly constant difference is certain
+        # only if it is not zero, but with n < 2 nothing can be said.
+        p = 0.0 if n >= 2 and d.mean() != 0 else 1.0
+        out.update(t=float("nan"), p_t=p, p_wilcoxon=p, d_z=float("nan"), mde=float("nan"))
+        return out
+    t = stats.ttest_1samp(d, 0.0)
+    nonzero = d[d != 0]
+    p_w = float(stats.wilcoxon(nonzero).pvalue) if len(nonzero) >= 1 else 1.0
+    out.update(t=float(t.statistic), p_t=float(t.pvalue), p_wilcoxon=p_w, d_z=float(d.mean() / sd),
+               mde=minimal_detectable_effect(n, sd, alpha))
+    return out
+
+
+def paired(a, b, *, alpha: float = 0.05, n_boot: int = 2000, seed: int = 0) -> dict:
+    """a vs b on identical units (same groups): statistics of the differences a - b."""
+    a, b = _clean(a), _clean(b)
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples differ in length: {len(a)} vs {len(b)}")
+    out = one_sample(a - b, 0.0, alpha=alpha, n_boot=n_boot, seed=seed)
+    out.update(mean_a=float(a.mean()) if len(a) else float("nan"), mean_b=float(b.mean()) if len(b) else float("nan"))
+    return out
+
+
+def holm(pvalues, alpha: float = 0.05) -> np.ndarray:
+    """Holm-adjusted p-values (statsmodels multipletests); NaNs stay NaN."""
+    p = _clean(pvalues)
+    out = np.full_like(p, np.nan)
+    ok = ~np.isnan(p)
+    if ok.any():
+        out[ok] = multipletests(p[ok], alpha=alpha, method="holm")[1]
+    return out
+
+
+def equivalence(a, b, margin: float) -> dict:
+    """Paired TOST: is the mean difference a - b within (-margin, +margin)? (statsmodels ttost_paired)."""
+    a, b = _clean(a), _clean(b)
+    d = a - b
+    if len(d) < 2 or d.std(ddof=1) == 0:
+        inside = len(d) >= 2 and abs(d.mean()) < margin
+        return {"n": len(d), "effect": float(d.mean()) if len(d) else float("nan"), "margin": margin,
+                "p_tost": 0.0 if inside else 1.0}
+    p, _, _ = ttost_paired(a, b, -margin, margin)
+    return {"n": len(d), "effect": float(d.mean()), "margin": margin, "p_tost": float(p)}
+
+
+def unpaired(a, b, *, alpha: float = 0.05, n_boot: int = 2000, seed: int = 0) -> dict:
+    """a vs b on different units: Welch's t-test and Mann-Whitney U (scipy), mean difference with a
+    bootstrap CI, Cohen's d (pooled sd) and the detectable effect at the smaller n."""
+    a, b = _clean(a), _clean(b)
+    out = {"n": int(min(len(a), len(b))), "n_a": len(a), "n_b": len(b),
+           "mean_a": float(a.mean()) if len(a) else float("nan"), "mean_b": float(b.mean()) if len(b) else float("nan")}
+    out["effect"] = out["mean_a"] - out["mean_b"]
+    if len(a) < 2 or len(b) < 2:
+        out.update(ci_low=float("nan"), ci_high=float("nan"), p_t=1.0, p_wilcoxon=1.0, d_z=float("nan"), mde=float("nan"))
+        return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = stats.bootstrap((a, b), lambda x, y: np.mean(x) - np.mean(y), n_resamples=n_boot,
+                              rng=np.random.default_rng(seed), method="percentile")
+    sd = float(np.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2)))
+    t = stats.ttest_ind(a, b, equal_var=False)
+    p_t = float(t.pvalue) if np.isfinite(t.pvalue) else (0.0 if out["effect"] != 0 else 1.0)
+    out.update(ci_low=float(res.confidence_interval.low), ci_high=float(res.confidence_interval.high), p_t=p_t,
+               p_wilcoxon=float(stats.mannwhitneyu(a, b).pvalue), d_z=out["effect"] / sd if sd > 0 else float("nan"),
+               mde=minimal_detectable_effect(out["n"], sd * np.sqrt(2), alpha))
+    return out
+
+
+def depth_trend(frame: pd.DataFrame) -> dict:
+    """Slope of ``value`` per merge level (``depth``), with the pool as a random effect.
+
+    ``frame`` columns: value, depth, pool. With >= 3 pools: ``mixedlm(value ~ depth,
+    groups=pool)`` (statsmodels), so models that share base models are not counted as independent
+    across pools. With fewer pools a random effect cannot be estimated: OLS, and the result says
+    that models sharing base models were treated as independent (its p-value is optimistic).
+    """
+    import statsmodels.formula.api as smf
+
+    df = frame[["value", "depth", "pool"]].dropna().astype(float)
+    n = len(df)
+    if n < 3 or df.depth.nunique() < 2:
+        return {"n": n, "effect": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "p_t": float("nan"),
+                "model": "none (fewer than 2 depths)"}
+    if df.value.std() == 0:
+        return {"n": n, "effect": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_t": 1.0, "model": "none (constant values)"}
+    if df.pool.nunique() >= 3:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # statsmodels convergence chatter
+            fit = smf.mixedlm("value ~ depth", df, groups=df["pool"]).fit(reml=True)
+        model = f"mixedlm, random intercept per pool ({df.pool.nunique()} pools)"
+    else:
+        fit = smf.ols("value ~ depth", df).fit()
+        model = f"OLS ({df.pool.nunique()} pool(s): models sharing base models treated as independent)"
+    lo, hi = fit.conf_int().loc["depth"]
+    return {"n": n, "effect": float(fit.params["depth"]), "ci_low": float(lo), "ci_high": float(hi),
+            "p_t": float(fit.pvalues["depth"]), "model": model}

@@ -1,0 +1,131 @@
+import textwrap
+
+import pytest
+
+from audit.claims import ClaimsError, Results, claim_verdicts, evaluate_claims, load_claims
+from tests.synthetic import synthetic_results
+
+
+def registry(tmp_path, body: str):
+    path = tmp_path / "claims.yaml"
+    path.write_text("claims:\n" + textwrap.indent(textwrap.dedent(body), "  "))
+    return load_claims(path)
+
+
+CLAIM = """\
+- id: {id}
+  source: test
+  quote: "q"
+  metric: clean_accuracy
+  test: {test}
+  expect: {expect}
+"""
+
+
+def claims_for(tmp_path, *entries):
+    body = ""
+    for e in entries:
+        extra = "".join(f"  {k}: {v}\n" for k, v in e.items() if k not in ("id", "test", "expect"))
+        body += CLAIM.format(**e) + extra
+    return registry(tmp_path, body)
+
+
+def verdicts(tmp_path, table, *entries, **kw):
+    rows = evaluate_claims(claims_for(tmp_path, *entries), Results(table, pool_depth=3), **kw)
+    return dict(zip(*claim_verdicts(rows)[["id", "verdict"]].T.values)), rows
+
+
+def test_a_planted_effect_is_supported_its_opposite_contradicted(tmp_path):
+    table = synthetic_results(effects={"hierarchical": lambda d: -0.01, "mergemany": lambda d: -0.04,
+                                       "naive": lambda d: -0.2})
+    v, rows = verdicts(tmp_path, table,
+                       {"id": "h-beats-mm", "test": "paired", "expect": "greater", "a": "hierarchical",
+                        "b": "mergemany", "depth": "[1, 2]"},
+                       {"id": "mm-beats-h", "test": "paired", "expect": "greater", "a": "mergemany",
+                        "b": "hierarchical", "depth": "[1, 2]"},
+                       {"id": "merging-costs", "test": "vs_base", "expect": "less", "a": "hierarchical"},
+                       {"id": "naive-worse", "test": "paired", "expect": "less", "a": "naive", "b": "hierarchical"})
+    assert v == {"h-beats-mm": "supported", "mm-beats-h": "contradicted", "merging-costs": "supported",
+                 "naive-worse": "supported"}
+    h = rows[rows.id == "h-beats-mm"]
+    assert list(h.n) == [12, 6]  # 3 pools x 4 groups of 2, x 2 groups of 4: groups are the units
+    assert h.effect.between(0.025, 0.035).all()
+    assert ((h.ci_low < h.effect) & (h.effect < h.ci_high) & (h.ci_high - h.ci_low < 0.01)).all()
+    assert (rows.p_holm >= rows.p).all()
+
+
+def test_no_effect_with_few_groups_is_inconclusive_with_its_detectable_effect(tmp_path):
+    table = synthetic_results(pools=1, noise=0.01)
+    v, rows = verdicts(tmp_path, table, {"id": "none", "test": "paired", "expect": "greater", "a": "hierarchical",
+                                         "b": "mergemany", "depth": "[2]"})
+    assert v == {"none": "inconclusive"}
+    assert rows.n.iloc[0] == 2 and rows.mde.iloc[0] > 0.01
+
+
+def test_depth_change_and_trend(tmp_path):
+    table = synthetic_results(effects={"mergemany": lambda d: -0.05 * (d >= 3), "hierarchical": lambda d: -0.01 * d})
+    v, rows = verdicts(tmp_path, table,
+                       {"id": "mm-drops", "test": "depth_change", "expect": "less", "a": "mergemany",
+                        "from_depth": 2, "to_depth": 3},
+                       {"id": "mm-drops-more", "test": "depth_change", "expect": "less", "a": "mergemany",
+                        "b": "hierarchical", "from_depth": 2, "to_depth": 3},
+                       {"id": "h-falls", "test": "trend", "expect": "less", "a": "hierarchical", "include_base": "true"})
+    assert v == {"mm-drops": "supported", "mm-drops-more": "supported", "h-falls": "supported"}
+    drop = rows[rows.id == "mm-drops"].effect.item()
+    assert drop == pytest.approx(-0.05, abs=0.005)
+    assert "mixedlm" in rows[rows.id == "h-falls"].model.item()
+
+
+def test_equivalence_claims(tmp_path):
+    table = synthetic_results(effects={"mergemany": lambda d: -0.05})
+    v, _ = verdicts(tmp_path, table,
+                    {"id": "sides", "test": "sides", "expect": "equivalent", "depth": "[1]"},
+                    {"id": "h-zero-barrier", "test": "vs_base", "expect": "equivalent", "a": "hierarchical"},
+                    {"id": "mm-zero-barrier", "test": "vs_base", "expect": "equivalent", "a": "mergemany"},
+                    margin=0.01)
+    assert v == {"sides": "supported", "h-zero-barrier": "supported", "mm-zero-barrier": "contradicted"}
+
+
+def test_unpaired_selectors(tmp_path):
+    table = synthetic_results(effects={"hierarchical": lambda d: 0.03})
+    v, rows = verdicts(tmp_path, table, {"id": "h2-vs-base", "test": "unpaired", "expect": "greater",
+                                         "a": "merged:hierarchical@2", "b": "base"})
+    assert v == {"h2-vs-base": "supported"}
+    assert rows.n.item() == 12  # 3 pools x 2 groups x 2 seeds vs 24 base models: the smaller n
+
+
+def test_the_shipped_registry_loads_and_names_real_metrics():
+    from audit.metrics import EvalConfig
+    from tests.conftest import REPO
+
+    claims = load_claims(REPO / "reports/claims.yaml")
+    assert len(claims) >= 15 and len({c.id for c in claims}) == len(claims)
+    known = {"clean_accuracy", "fgsm_robust_accuracy", "fgsm_success_rate", "deepfool_median_norm",
+             "weight_norm", "lipschitz_local_mean", "lipschitz_global", "pgd_robust_accuracy"}
+    assert {c.metric for c in claims} <= known
+    cfg = EvalConfig()
+    for c in claims:
+        if c.metric.startswith("fgsm"):
+            assert c.eps in cfg.fgsm_eps, c.id
+    assert any(c.control for c in claims) and any(c.source.startswith("Ainsworth") for c in claims)
+    assert any(c.source.startswith("Secondary") for c in claims)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("- id: x\n  source: s\n  quote: q\n  metric: m\n  test: anova\n  expect: greater\n", "test: unknown value 'anova'"),
+    ("- id: x\n  source: s\n  quote: q\n  metric: m\n  test: paired\n", "missing key 'expect'"),
+    ("- id: x\n  source: s\n  quote: q\n  metric: m\n  test: paired\n  expect: up\n  colour: red\n", "unknown key 'colour'"),
+])
+def test_bad_registries_are_one_line_errors(tmp_path, body, message):
+    with pytest.raises(ClaimsError, match=message):
+        registry(tmp_path, body)
+
+
+def test_a_claim_on_an_unmeasured_metric_is_inconclusive_and_says_why(tmp_path):
+    table = synthetic_results()
+    entries = [{"id": "c", "test": "paired", "expect": "greater", "a": "hierarchical", "b": "mergemany"}]
+    claims = claims_for(tmp_path, *entries)
+    claims = [type(claims[0])(**{**claims[0].__dict__, "metric": "lipschitz_global"})]
+    rows = evaluate_claims(claims, Results(table, pool_depth=3))
+    assert rows.verdict.tolist() == ["inconclusive"]
+    assert rows.unit.item() == "not measured: no results for 'lipschitz_global' at eps None"

@@ -1,0 +1,96 @@
+"""The report from a synthetic run: every section and figure, and the HTML rendered in Chromium."""
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from audit.config import params_from_dict
+from audit.report import ReportError, build_report
+from tests.synthetic import synthetic_results
+
+
+def _with_metrics(table: pd.DataFrame) -> pd.DataFrame:
+    """The synthetic accuracy table plus the other metrics the figures draw."""
+    frames = [table]
+    rng = np.random.default_rng(0)
+    for metric, grid in (("fgsm_robust_accuracy", [0.0, 0.01, 0.05]), ("deepfool_robust_accuracy", [0.5, 1.0]),
+                         ("weight_norm", [np.nan]), ("lipschitz_global", [np.nan]), ("lipschitz_local_mean", [0.1])):
+        for eps in grid:
+            t = table.copy()
+            t["metric"], t["eps"] = metric, eps
+            scale = 1.0 if np.isnan(eps) else 1 - eps
+            t["value"] = t.value * scale + rng.normal(0, 0.01, len(t)) * (0 if np.isnan(eps) else 1)
+            if metric in ("weight_norm", "lipschitz_global"):
+                t["value"] = 20 / (1 + t.depth) + rng.normal(0, 0.1, len(t))
+            frames.append(t)
+    return pd.concat(frames, ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    (root / "results").mkdir()
+    table = _with_metrics(synthetic_results(effects={"mergemany": lambda d: -0.02 * d}))
+    table.to_csv(root / "results/evaluation.csv", index=False)
+    table.drop_duplicates("model").drop(columns=["metric", "eps", "value"]).to_csv(root / "results/models.csv",
+                                                                                 index=False)
+    lam = np.linspace(0, 1, 5)
+    pd.DataFrame({"pair": "s0-s1", "interpolation": ["naive"] * 5 + ["weight_matched"] * 5,
+                  "lam": np.r_[lam, lam], "loss": np.r_[0.3 + np.sin(np.pi * lam), 0.3 + 0.1 * np.sin(np.pi * lam)],
+                  "accuracy": np.r_[0.9 - 0.5 * np.sin(np.pi * lam), 0.9 - 0.02 * np.sin(np.pi * lam)]}
+                 ).to_csv(root / "results/barriers.csv", index=False)
+    (root / "results/data.json").write_text(json.dumps({"name": "digits", "fingerprint": "ab" * 32}))
+    params = params_from_dict({"zoo": {"depth": 3, "pools": 3}, "audit": {"bootstrap": 500},
+                               "tracking": {"enabled": False}})
+    from audit.pipeline import run_audit
+    from tests.conftest import REPO
+
+    (root / "reports").mkdir()
+    shutil.copy(REPO / "reports/claims.yaml", root / "reports/claims.yaml")
+    run_audit(params, root)
+    return root, params
+
+
+def test_report_has_verdicts_figures_notes_and_provenance(run_dir):
+    root, params = run_dir
+    html_path = build_report(root, params)
+    md = (root / "reports/audit/report.md").read_text()
+    for section in ("## Verdicts", "### Every test", "### Methods against MergeMany", "## Figures",
+                    "## Setup and provenance", "## Limitations"):
+        assert section in md
+    assert "F1-hierarchical-beats-mergemany" in md and "supported" in md
+    figures = sorted(p.name for p in (root / "reports/audit/figures").glob("*.png"))
+    assert figures == ["accuracy_by_method.png", "barriers.png", "norms_by_stage.png", "robust_vs_clean.png",
+                       "robustness_by_stage.png"]
+    assert "Differs from the paper" in md or "Agrees" in md
+    assert '"dvc_lock_sha256"' in md and '"versions"' in md
+    html = html_path.read_text()
+    assert html.count("data:image/png;base64,") == 5 and "<table>" in html
+
+
+def test_missing_inputs_are_one_line_errors(tmp_path):
+    with pytest.raises(ReportError, match="results/evaluation.csv: missing; run the pipeline first"):
+        build_report(tmp_path, params_from_dict({}))
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_html_renders_in_headless_chromium_with_every_image(run_dir, tmp_path):
+    root, params = run_dir
+    html_path = build_report(root, params)
+    out = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+         "--virtual-time-budget=10000", "--dump-dom", html_path.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "<title>report ready: 5/5 images</title>" in out.stdout
+    console_errors = [line for line in out.stderr.splitlines() if "CONSOLE" in line and "ERROR" in line.upper()]
+    assert not console_errors and "Uncaught" not in out.stderr

@@ -1,0 +1,77 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from audit import stats
+
+
+def test_paired_t_test_against_hand_computed_values():
+    a = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    b = np.array([0.5, 1.5, 2.0, 3.5, 4.0])
+    res = stats.paired(a, b)
+    # d = [0.5, 0.5, 1, 0.5, 1]: mean 0.7, sd sqrt(0.3 / 4), t = mean / (sd / sqrt(5)), df 4
+    sd = math.sqrt(0.3 / 4)
+    t = 0.7 / (sd / math.sqrt(5))
+    assert res["n"] == 5 and res["effect"] == pytest.approx(0.7)
+    assert res["t"] == pytest.approx(t) and t == pytest.approx(5.7155, abs=1e-4)
+    assert res["p_t"] == pytest.approx(2 * sps.t.sf(t, 4))
+    assert res["d_z"] == pytest.approx(0.7 / sd)
+    assert res["ci_low"] <= 0.7 <= res["ci_high"]
+    assert res["mean_a"] == 3.0 and res["mean_b"] == 2.3
+
+
+def test_holm_against_hand_computed_values():
+    # sorted p: 0.01 * 3 = 0.03; 0.03 * 2 = 0.06; 0.04 * 1 = 0.04 -> monotone max 0.06
+    np.testing.assert_allclose(stats.holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
+    out = stats.holm([0.2, np.nan, 0.01])
+    assert np.isnan(out[1]) and out[2] == pytest.approx(0.02) and out[0] == pytest.approx(0.2)
+
+
+def test_minimal_detectable_effect_matches_the_textbook_value():
+    # One-sample / paired t-test, n = 10, alpha 0.05 two-sided, power 0.8: d = 0.99 (Cohen 1988).
+    assert stats.minimal_detectable_effect(10, 1.0) == pytest.approx(0.99, abs=0.01)
+    assert stats.minimal_detectable_effect(10, 2.0) == pytest.approx(2 * stats.minimal_detectable_effect(10, 1.0))
+    assert stats.minimal_detectable_effect(40, 1.0) < stats.minimal_detectable_effect(10, 1.0)
+
+
+def test_tost_tells_equivalence_from_difference():
+    rng = np.random.default_rng(0)
+    base = rng.normal(0.9, 0.01, 30)
+    same = base + rng.normal(0, 0.001, 30)
+    shifted = base + 0.05 + rng.normal(0, 0.001, 30)
+    assert stats.equivalence(same, base, margin=0.01)["p_tost"] < 1e-6
+    assert stats.equivalence(shifted, base, margin=0.01)["p_tost"] > 0.99
+
+
+def test_unpaired_is_welchs_t_test():
+    a, b = np.array([1.0, 2.0, 4.0, 5.0]), np.array([2.0, 2.5, 3.0])
+    res = stats.unpaired(a, b)
+    va, vb = a.var(ddof=1) / 4, b.var(ddof=1) / 3
+    t = (a.mean() - b.mean()) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / 3 + vb ** 2 / 2)  # Welch-Satterthwaite
+    assert res["p_t"] == pytest.approx(2 * sps.t.sf(abs(t), df))
+    assert res["effect"] == pytest.approx(a.mean() - b.mean())
+
+
+def test_depth_trend_recovers_a_planted_slope_with_pools_as_random_effect():
+    rng = np.random.default_rng(1)
+    rows = []
+    for pool in range(6):
+        offset = rng.normal(0, 0.5)
+        for depth in range(5):
+            for _ in range(3):
+                rows.append({"pool": pool, "depth": depth, "value": 2 - 0.3 * depth + offset + rng.normal(0, 0.05)})
+    res = stats.depth_trend(pd.DataFrame(rows))
+    assert "mixedlm" in res["model"]
+    assert res["ci_low"] < -0.3 < res["ci_high"] and res["p_t"] < 1e-6
+    one_pool = stats.depth_trend(pd.DataFrame(rows).query("pool == 0"))
+    assert "OLS" in one_pool["model"] and "independent" in one_pool["model"]
+
+
+def test_degenerate_samples_do_not_crash():
+    assert stats.paired([1.0], [0.0])["p_t"] == 1.0
+    res = stats.paired([1.0, 1.0, 1.0], [0.0, 0.0, 0.0])  # constant non-zero difference
+    assert res["effect"] == 1.0 and res["p_t"] == 0.0
