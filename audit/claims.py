@@ -31,9 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
-
 from . import stats
+from .config import read_yaml
 
 TESTS = ("paired", "depth_change", "vs_base", "trend", "unpaired", "sides")
 EXPECT = ("greater", "less", "equivalent")
@@ -70,14 +69,7 @@ class Claim:
 
 def load_claims(path: str | Path) -> list[Claim]:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ClaimsError(f"{path}: claims registry not found") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise ClaimsError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    raw = read_yaml(path, "claims registry", ClaimsError)
     entries = raw.get("claims") if isinstance(raw, dict) else None
     if not isinstance(entries, list):
         raise ClaimsError(f"{path}: expected a top-level 'claims:' list")

@@ -183,18 +183,22 @@ class Params:
             raise ValueError(f"merge.side_ablation: depth {too_deep[0]} exceeds zoo.depth {self.zoo.depth}")
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate a params file; `ConfigError` names the file and the offending key."""
-    path = Path(path)
+def read_yaml(path: Path, what: str, error: type[Exception]):
+    """Parse a YAML file; a missing file or bad syntax raises ``error`` with one line naming the file."""
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{path}: params file not found") from None
+        raise error(f"{path}: {what} not found") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
-    return params_from_dict(raw, source=str(path))
+        raise error(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file; `ConfigError` names the file and the offending key."""
+    path = Path(path)
+    return params_from_dict(read_yaml(path, "params file", ConfigError) or {}, source=str(path))
 
 
 def params_from_dict(raw, source: str = "params") -> Params:

@@ -10,6 +10,8 @@ Layout under the project root (every path is a DVC out of exactly one stage):
     results/evaluation.csv, models.csv     evaluate: tidy metric table and the model catalog
     results/barriers.csv                   evaluate: barrier curves (naive and weight-matched)
     results/plots/*.csv, metrics/eval.json evaluate: DVC plots and metrics
+    results/claims.csv|json, compare.csv   audit:    verdicts per claim, methods vs MergeMany
+    reports/audit/                         report:   report.md, report.html, figures/
 
 The controlled ablation (design §3): pool p holds the models of seeds p*2^D .. (p+1)*2^D-1. For
 every depth d = 1..D the pool is split into 2^(D-d) contiguous groups of 2^d models, and every
@@ -50,9 +52,16 @@ CATALOG_CSV = Path("results/models.csv")
 BARRIERS_CSV = Path("results/barriers.csv")
 PLOTS_DIR = Path("results/plots")
 METRICS_DIR = Path("metrics")
+CLAIMS_YAML = Path("reports/claims.yaml")
+CLAIMS_CSV = Path("results/claims.csv")
+VERDICTS_JSON = Path("results/claims.json")
+COMPARE_CSV = Path("results/compare.csv")
 
 # Metrics summarized per method and depth in metrics/eval.json and results/plots/ (eps in pixels).
 SUMMARY_METRICS = [("clean_accuracy", None), ("fgsm_robust_accuracy", 0.01), ("fgsm_success_rate", 0.01),
+                   ("deepfool_median_norm", None), ("weight_norm", None), ("lipschitz_global", None)]
+# What the audit stage compares against MergeMany in results/compare.csv.
+COMPARE_METRICS = [("clean_accuracy", None), ("fgsm_robust_accuracy", 0.01), ("fgsm_robust_accuracy", 0.05),
                    ("deepfool_median_norm", None), ("weight_norm", None), ("lipschitz_global", None)]
 
 
@@ -468,13 +477,6 @@ def _write_csv(path: Path, frame: pd.DataFrame) -> None:
 
 
 # ---------------------------------------------------------------- audit
-
-CLAIMS_YAML = Path("reports/claims.yaml")
-CLAIMS_CSV = Path("results/claims.csv")
-VERDICTS_JSON = Path("results/claims.json")
-COMPARE_CSV = Path("results/compare.csv")
-COMPARE_METRICS = [("clean_accuracy", None), ("fgsm_robust_accuracy", 0.01), ("fgsm_robust_accuracy", 0.05),
-                   ("deepfool_median_norm", None), ("weight_norm", None), ("lipschitz_global", None)]
 
 
 def load_results(params: Params, root: Path):
