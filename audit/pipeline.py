@@ -25,7 +25,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -224,7 +224,9 @@ def run_merge(params: Params, root: Path, method: str, workers: int | None = Non
         raise PipelineError(f"merge method {method!r} is not in merge.methods {list(params.merge.methods)}")
     jobs = merge_jobs(params, method)
     stores = {p: _open_pool(root, p) for p in range(params.zoo.pools)}
-    header = {"method": method, "merge": to_dict(params.merge), "zoo": {"depth": params.zoo.depth, "pools": params.zoo.pools},
+    # What the merged models depend on (not how many processes made them).
+    recipe = {k: v for k, v in to_dict(params.merge).items() if k != "workers"}
+    header = {"method": method, "merge": recipe, "zoo": {"depth": params.zoo.depth, "pools": params.zoo.pools},
               "pools": {str(p): s.header.get("data", {}).get("fingerprint") for p, s in stores.items()}}
     out = ModelStore(root / MERGED_DIR / method, header)
     done = out.finished()
@@ -269,7 +271,7 @@ def run_merge(params: Params, root: Path, method: str, workers: int | None = Non
 
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
                 futures = [pool.submit(_run_merge_job, job, *inputs(job), merge_cfg, threads) for job in todo]
-                for fut in futures:
+                for fut in as_completed(futures):  # saved as each finishes: an interruption keeps them
                     record(*fut.result())
                     bar.update()
         bar.close()

@@ -23,7 +23,7 @@ from .config import Params, to_dict
 
 REPORT_DIR = Path("reports/audit")
 METHOD_COLORS = {"base": "#444444", "hierarchical": "#1f77b4", "mergemany": "#d62728", "naive": "#7f7f7f",
-                 "l1": "#2ca02c", "l2": "#9467bd"}
+                 "l1": "#ff7f0e", "l2": "#9467bd"}
 
 
 class ReportError(RuntimeError):
@@ -113,7 +113,7 @@ def _figures(table: pd.DataFrame, barriers: pd.DataFrame, params: Params, out: P
             ax.fill_between(stats_.index, stats_["lo"], stats_["hi"], color=color, alpha=0.15)
         ax.set_xlabel(unit)
         ax.set_ylabel("robust accuracy (fraction of all samples)")
-        ax.set_title(metric.split("_")[0].upper() + ": robust accuracy by stage (95% CI)")
+        ax.set_title({"fgsm": "FGSM", "deepfool": "DeepFool"}[metric.split("_")[0]] + ": robust accuracy by stage (95% CI)")
     axes[1].legend(fontsize=7)
     save(fig, "robustness_by_stage")
 
