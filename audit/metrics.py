@@ -221,9 +221,18 @@ def local_lipschitz_bound(layers: Sequence[tuple[Tensor, Tensor]], x: Tensor, ra
     # same at every point: computed once, a point only selects the rows that may be active.
     w1 = layers[0][0]
     gram1, rownorm1 = w1 @ w1.T, w1.norm(dim=1)
+    full_norms: dict[int, float] = {}  # layer -> spectral norm of the whole W (computed on first use)
+
+    def layer_norm(li: int, w_in: Tensor, rows: Tensor, whole: bool) -> float:
+        if whole:  # nothing dropped (e.g. a large ball): the whole matrix's norm, computed once
+            if li not in full_norms:
+                full_norms[li] = _spectral_norm(layers[li][0])
+            return full_norms[li]
+        return _top_eigenvalue_sqrt(gram1[rows][:, rows]) if li == 0 else _spectral_norm(w_in[rows])
 
     def bound_at(h: Tensor) -> float:
         r, bound, varying = float(radius), 1.0, None
+        all_in = True  # every input of this layer varies on the ball
         for li, (w, b) in enumerate(layers):
             z = w @ h + b
             last = li == len(layers) - 1
@@ -231,9 +240,10 @@ def local_lipschitz_bound(layers: Sequence[tuple[Tensor, Tensor]], x: Tensor, ra
             norms = rownorm1 if li == 0 else w_in.norm(dim=1)
             # logits: no ReLU, every row counts; hidden: rows that may be positive on the ball
             alive = torch.ones_like(z, dtype=torch.bool) if last else z + r * norms > 0
-            lip = _top_eigenvalue_sqrt(gram1[alive][:, alive]) if li == 0 else _spectral_norm(w_in[alive])
+            all_out = bool(alive.all())
+            lip = layer_norm(li, w_in, alive, all_in and all_out)
             bound, r = bound * lip, r * lip
-            h, varying = torch.relu(z), alive
+            h, varying, all_in = torch.relu(z), alive, all_out
         return bound
 
     # Points are independent and the eigenvalue solver runs on one core: a thread per core.

@@ -146,7 +146,8 @@ def test_empirical_ratios_never_exceed_the_local_bound_nor_it_the_global(trained
     local = local_lipschitz(a, x, radius)
     glob = global_lipschitz(a)
     assert (local <= glob * (1 + 1e-9)).all()
-    assert local.min() < 0.9 * glob  # the local bound is informative at this radius
+    # On a small ball the local bound is informative (fewer units can switch on).
+    assert local_lipschitz(a, x, 0.05).max() < 0.9 * glob
     g = torch.Generator().manual_seed(0)
     m = MLP.from_state_dict(a).double()
     for i in range(n_points):
@@ -172,7 +173,7 @@ def test_local_bound_grows_with_the_radius_up_to_the_global_one(trained):
         assert (lo <= hi * (1 + 1e-12)).all()
     np.testing.assert_allclose(bounds[-1], global_lipschitz_bound(
         [(a[f"{n}.weight"] / (a["norm.std"] if n == "hidden.0" else 1), a[f"{n}.bias"])
-         for n in ("hidden.0", "hidden.1", "head")]), rtol=1e-9)
+         for n in ("hidden.0", "hidden.1", "head")]), rtol=1e-6)  # float32 vs float64 folding of 1/std
 
 
 # ------------------------------------------------------------------ the evaluation table
