@@ -41,7 +41,7 @@ from .metrics import barriers, evaluate
 from .rebasin import mlp_permutation_spec
 from .storage import ModelStore, StorageError, atomic_write_bytes, atomic_write_json, read_manifest
 from .tracking import Tracker
-from .zoo import model_filename, resolve_widths, train_zoo
+from .zoo import resolve_widths, train_zoo
 
 DATA_RECORD = Path("results/data.json")
 ZOO_DIR = Path("models/zoo")
