@@ -219,7 +219,7 @@ def _run_merge_job(job: MergeJob, files: list[str], shas: list[str], merge: dict
     return job, res.params, res.provenance, time.perf_counter() - t
 
 
-def run_merge(params: Params, root: Path, method: str, workers: int | None = None) -> dict:
+def run_merge(params: Params, root: Path, method: str) -> dict:
     if method not in params.merge.methods:
         raise PipelineError(f"merge method {method!r} is not in merge.methods {list(params.merge.methods)}")
     jobs = merge_jobs(params, method)
@@ -233,7 +233,7 @@ def run_merge(params: Params, root: Path, method: str, workers: int | None = Non
     todo = [j for j in jobs if j.key not in done]
     # Biggest groups first so the pool's workers finish together.
     todo.sort(key=lambda j: -len(j.members))
-    workers = max(1, min(len(todo), workers or params.merge.workers or os.cpu_count() or 1))
+    workers = max(1, min(len(todo), params.merge.workers or os.cpu_count() or 1))
     threads = max(1, (os.cpu_count() or 1) // workers)
     merge_cfg = {"max_iter": params.merge.max_iter, "mergemany_max_iter": params.merge.mergemany_max_iter,
                  "lam": params.merge.lam, "pairing": params.merge.pairing}
@@ -285,13 +285,16 @@ def run_merge(params: Params, root: Path, method: str, workers: int | None = Non
     return summary
 
 
-def _open_pool(root: Path, pool: int) -> ModelStore:
-    directory = pool_dir(root, pool)
+def _open_store(directory: Path) -> ModelStore:
+    """An existing store as written by an earlier stage (its own header), or a one-line error."""
     manifest = read_manifest(directory)
     if manifest is None:
-        raise PipelineError(f"{directory}: no trained pool; run the train stage first (dvc repro)")
-    store = ModelStore(directory, manifest["zoo"])
-    return store
+        raise PipelineError(f"{directory}: no models here; run the earlier stages first (dvc repro)")
+    return ModelStore(directory, manifest["zoo"])
+
+
+def _open_pool(root: Path, pool: int) -> ModelStore:
+    return _open_store(pool_dir(root, pool))
 
 
 def _job_info(job: MergeJob) -> dict:
@@ -321,15 +324,12 @@ def model_catalog(params: Params, root: Path) -> tuple[pd.DataFrame, dict[str, P
         for key in sorted(store.entries, key=int):
             add(f"base/p{p}/s{key}", store, key, kind="base", method="none", pool=p, depth=0, n_models=1, seed=int(key))
     for name in params.zoo.regularized:
-        directory = root / REGULARIZED_DIR / name
-        manifest = read_manifest(directory) or _missing(directory)
-        store = ModelStore(directory, manifest["zoo"])
+        store = _open_store(root / REGULARIZED_DIR / name)
         for key in sorted(store.entries, key=int):
             add(f"{name}/s{key}", store, key, kind="regularized", method=name, pool=0, depth=0, n_models=1, seed=int(key))
     for method in params.merge.methods:
         directory = root / MERGED_DIR / method
-        manifest = read_manifest(directory) or _missing(directory)
-        store = ModelStore(directory, manifest["zoo"])
+        store = _open_store(directory)
         for job in merge_jobs(params, method):
             if job.key not in store.entries:
                 _missing(directory / f"{job.key}.safetensors")

@@ -226,9 +226,11 @@ def provenance(root: Path, params: Params, catalog: pd.DataFrame) -> dict:
 def _fmt(v, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and not np.isfinite(v)):
         return "-"
-    if isinstance(v, float):
-        return f"{v:.{digits}g}" if abs(v) < 1e-3 and v != 0 else f"{v:.{digits}f}" if abs(v) < 100 else f"{v:.0f}"
-    return str(v)
+    if not isinstance(v, float):
+        return str(v)
+    if v != 0 and abs(v) < 1e-3:
+        return f"{v:.{digits}g}"  # tiny p-values and effects: significant digits
+    return f"{v:.{digits}f}" if abs(v) < 100 else f"{v:.0f}"
 
 
 def _claims_table(claims: pd.DataFrame, verdicts: list[dict]) -> list[list[str]]:
