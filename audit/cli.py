@@ -131,7 +131,7 @@ def compare_cmd(baseline: str, methods: tuple[str, ...], metric_names: tuple[str
 @click.option("--params", "params_path", default="params.yaml", show_default=True, help="params file of the run")
 def claims_cmd(claims_path: str, detail: bool, fmt: str, params_path: str) -> None:
     """Evaluate every claim of the registry on the last run: supported / contradicted / inconclusive."""
-    from .claims import ClaimsError, claim_verdicts, evaluate_claims, load_claims
+    from .claims import VERDICTS, ClaimsError, claim_verdicts, evaluate_claims, load_claims
 
     params, results = _results(params_path)
     a = params.audit
@@ -147,7 +147,7 @@ def claims_cmd(claims_path: str, detail: bool, fmt: str, params_path: str) -> No
         _emit(table, fmt)
         if fmt == "table":
             counts = table.verdict.value_counts()
-            click.echo("\n" + ", ".join(f"{counts.get(v, 0)} {v}" for v in ("supported", "contradicted", "inconclusive")))
+            click.echo("\n" + ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS))
 
 
 @main.command("report")

@@ -506,7 +506,7 @@ def _measured(results, metric: str, eps: float | None) -> bool:
 
 
 def run_audit(params: Params, root: Path) -> dict:
-    from .claims import ClaimsError, claim_verdicts, evaluate_claims, load_claims
+    from .claims import VERDICTS, ClaimsError, claim_verdicts, evaluate_claims, load_claims
     from .compare import COLUMNS as COMPARE_COLUMNS, compare
 
     results = load_results(params, root)
@@ -531,7 +531,7 @@ def run_audit(params: Params, root: Path) -> dict:
     else:  # nothing to compare with: an empty table keeps the stage's outs complete
         table = pd.DataFrame(columns=COMPARE_COLUMNS)
     _write_csv(root / COMPARE_CSV, table)
-    counts = {v: int((verdicts.verdict == v).sum()) for v in ("supported", "contradicted", "inconclusive")}
+    counts = {v: int((verdicts.verdict == v).sum()) for v in VERDICTS}
     summary = {**counts, "claims": len(verdicts), "tests": len(rows)}
     with _tracker(params, root, "audit") as tr:
         tr.log_parent(params={"audit": a}, metrics={k: float(v) for k, v in summary.items()})

@@ -57,7 +57,6 @@ class Tracker:
         self.experiment = experiment_name(params, data_name)
         self.client = None
         self.parent_id: str | None = None
-        self.children = 0
 
     # -- lifecycle
 
@@ -119,7 +118,6 @@ class Tracker:
         run_id = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags).info.run_id
         self._log_batch(run_id, params or {}, metrics or {}, {})
         self.client.set_terminated(run_id, "FINISHED")
-        self.children += 1
         return run_id
 
     def _log_batch(self, run_id: str, params: Mapping, metrics: Mapping[str, float], tags: Mapping) -> None:
