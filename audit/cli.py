@@ -162,3 +162,23 @@ def report_cmd(params_path: str) -> None:
     except ReportError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"report: {path}")
+
+
+@main.command("plan")
+@click.option("--params", "params_path", default="params.yaml", show_default=True, help="params file")
+def plan_cmd(params_path: str) -> None:
+    """Estimate the disk and time the experiment needs on this machine, and whether it fits
+    (run in the project directory; the train stage makes the same check before it starts)."""
+    from .data import DataError
+    from .resources import estimate, shape_of, shortfalls
+
+    params = _load(params_path)
+    root = Path.cwd()
+    try:
+        est = estimate(params, shape_of(params, root))
+    except DataError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(est.describe())
+    if problems := shortfalls(params, root, est):
+        raise click.ClickException("does not fit: " + "; ".join(problems))
+    click.echo("fits: the train stage will start")

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from .data import DATASETS
+from .executor import EXECUTORS
 from .merge import PAIRINGS, PERMUTE_SIDES
 from .metrics import EvalConfig
 from .models import PRESETS
@@ -169,6 +170,31 @@ class TrackingParams:
 
 
 @dataclass(frozen=True)
+class RayParams:
+    address: str | None = None  # cluster address (host:6379 or ray://host:10001); null: RAY_ADDRESS, else local
+    gpus_per_task: float = 0.25  # share of one GPU per task where the cluster has GPUs (4 tasks per GPU)
+    retries: int = 2  # re-runs of a task whose worker died before it is reported as failed
+
+    def check(self):
+        if not 0.0 <= self.gpus_per_task <= 1.0:
+            raise ValueError(f"gpus_per_task: must be in [0, 1], got {self.gpus_per_task}")
+        if self.retries < 0:
+            raise ValueError(f"retries: must be >= 0, got {self.retries}")
+
+
+@dataclass(frozen=True)
+class ResourceParams:
+    max_hours: float | None = 24.0  # refuse to start when the estimated time exceeds this (null: no limit)
+    disk_margin_gib: float = 1.0  # disk to leave free beyond the estimate, GiB
+
+    def check(self):
+        if self.max_hours is not None and self.max_hours <= 0:
+            raise ValueError(f"max_hours: must be > 0 or null, got {self.max_hours}")
+        if self.disk_margin_gib < 0:
+            raise ValueError(f"disk_margin_gib: must be >= 0, got {self.disk_margin_gib}")
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams = field(default_factory=DataParams)
     zoo: ZooParams = field(default_factory=ZooParams)
@@ -176,8 +202,12 @@ class Params:
     eval: EvalParams = field(default_factory=EvalParams)
     audit: AuditParams = field(default_factory=AuditParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
+    executor: str = "local"  # local: this machine's processes | ray: Ray tasks (see the ray section)
+    ray: RayParams = field(default_factory=RayParams)
+    resources: ResourceParams = field(default_factory=ResourceParams)
 
     def check(self):
+        _one_of("executor", self.executor, EXECUTORS)
         too_deep = [d for d in self.merge.side_ablation if d > self.zoo.depth]
         if too_deep:
             raise ValueError(f"merge.side_ablation: depth {too_deep[0]} exceeds zoo.depth {self.zoo.depth}")
@@ -242,7 +272,8 @@ def _build(cls, raw, prefix: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
-            raise _KeyError(_join(prefix, str(key)), f"unknown key; allowed: {', '.join(fields)}")
+            raise _KeyError(_join(prefix, str(key)),
+                            f"unknown key (value {_short(raw[key])}); allowed: {', '.join(fields)}")
     values = {name: _convert(hints[name], raw[name], _join(prefix, name)) for name in fields if name in raw}
     try:
         obj = cls(**values)
@@ -258,6 +289,15 @@ def _build(cls, raw, prefix: str):
     return obj
 
 
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string", tuple: "a list",
+             Mapping: "a mapping", dict: "a mapping"}
+
+
+def _short(value, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
@@ -267,6 +307,9 @@ def _convert(hint, value, key: str):
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        if value is None:
+            wanted = " or ".join(_EXPECTED.get(typing.get_origin(a) or a, str(a)) for a in args)
+            raise _KeyError(key, f"missing value; expected {wanted}")
         errors = []
         for option in (a for a in args if a is not type(None)):
             try:
@@ -274,6 +317,8 @@ def _convert(hint, value, key: str):
             except _KeyError as e:
                 errors.append(e.message)
         raise _KeyError(key, " or ".join(dict.fromkeys(errors)))
+    if value is None and not dataclasses.is_dataclass(hint):
+        raise _KeyError(key, f"missing value; expected {_EXPECTED.get(hint, _EXPECTED.get(origin, str(hint)))}")
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key)
     if origin is tuple:

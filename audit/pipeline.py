@@ -8,6 +8,7 @@ Layout under the project root (every path is a DVC out of exactly one stage):
     metrics/train.json                     train:    DVC metrics
     models/merged/<method>/                merge:    one ModelStore per method (+ metrics/merge-<method>.json)
     results/evaluation.csv, models.csv     evaluate: tidy metric table and the model catalog
+    results/eval-cache/                    evaluate: each model's metrics as they finish (for resume)
     results/barriers.csv                   evaluate: barrier curves (naive and weight-matched)
     results/plots/*.csv, metrics/eval.json evaluate: DVC plots and metrics
     results/claims.csv|json, compare.csv   audit:    verdicts per claim, methods vs MergeMany
@@ -25,21 +26,22 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
+from . import tracking
 from .config import ConfigError, Params, load_params, to_dict
 from .data import DataError, Dataset, load_dataset
+from .executor import ExecutorConfig, Task, TaskError, run_tasks
 from .merge import hierarchical_merge, merge_many, naive_merge
 from .metrics import barriers, evaluate
 from .rebasin import mlp_permutation_spec
-from .storage import ModelStore, StorageError, atomic_write_bytes, atomic_write_json, read_manifest
+from .resources import ResourceError
+from .storage import ModelStore, StorageError, atomic_write_bytes, atomic_write_json, digest, read_manifest, sha256_file
 from .tracking import Tracker
 from .zoo import resolve_widths, train_zoo
 
@@ -50,6 +52,7 @@ MERGED_DIR = Path("models/merged")
 EVALUATION_CSV = Path("results/evaluation.csv")
 CATALOG_CSV = Path("results/models.csv")
 BARRIERS_CSV = Path("results/barriers.csv")
+EVAL_CACHE = Path("results/eval-cache")
 PLOTS_DIR = Path("results/plots")
 METRICS_DIR = Path("metrics")
 CLAIMS_YAML = Path("reports/claims.yaml")
@@ -67,6 +70,18 @@ COMPARE_METRICS = [("clean_accuracy", None), ("fgsm_robust_accuracy", 0.01), ("f
 
 class PipelineError(RuntimeError):
     """A stage cannot run as configured or on what earlier stages left (one-line message)."""
+
+
+def executor_config(params: Params, workers: int) -> ExecutorConfig:
+    """Where a stage's tasks run. ``workers`` (0: one per core) sets the local process count and,
+    under both executors, each task's threads (cores / workers), so both compute the same floats."""
+    cores = os.cpu_count() or 1
+    workers = max(1, workers or cores)
+    threads = max(1, cores // workers)
+    if params.executor == "ray":
+        r = params.ray
+        return ExecutorConfig("ray", workers, r.address, threads, r.gpus_per_task, r.retries)
+    return ExecutorConfig("local", workers, cpus=threads)
 
 
 # ---------------------------------------------------------------- data
@@ -123,8 +138,21 @@ def pool_dir(root: Path, pool: int) -> Path:
     return root / ZOO_DIR / f"pool-{pool}"
 
 
+def guard_resources(params: Params, root: Path, data: Dataset) -> None:
+    """Say what the experiment needs before it starts; refuse what cannot fit (`audit.resources`)."""
+    import sys
+
+    from .resources import Shape, check_fits, estimate
+
+    n_eval = len(_eval_split(params, data)[1])
+    est = estimate(params, Shape(data.in_features, data.n_classes, len(data.y_train), n_eval))
+    print(f"estimate: {est.describe()}", file=sys.stderr)
+    check_fits(params, root, est)
+
+
 def run_train(params: Params, root: Path) -> dict:
     data = checked_data(params, root)
+    guard_resources(params, root, data)
     z = params.zoo
     widths = resolve_widths(z.arch)
     jobs = [(f"base/p{p}", pool_dir(root, p), z.train, z.pool_seeds(p), {"kind": "base", "pool": p})
@@ -134,12 +162,16 @@ def run_train(params: Params, root: Path) -> dict:
         jobs.append((name, root / REGULARIZED_DIR / name, cfg, list(range(z.regularized_models)),
                      {"kind": "regularized", "regularizer": name, "pool": 0}))
     summary = {}
+    # Locally, one pass at a time in this process with all its threads (the loop engine uses them
+    # well); a Ray task gets as many cores and threads, so both compute the same floats.
+    train_executor = replace(executor_config(params, 1), cpus=torch.get_num_threads())
     with _tracker(params, root, "train") as tr:
         tr.log_parent(params={"data": params.data, "zoo": z})
         tr.log_dataset(data.summary(), data.fingerprint, _source(params))
         for label, directory, cfg, seeds, tags in jobs:
             t = time.perf_counter()
-            store = train_zoo(directory, data, widths, cfg, seeds, device=z.device, engine=z.engine)
+            store = train_zoo(directory, data, widths, cfg, seeds, device=z.device, engine=z.engine,
+                              executor=train_executor, reset=True)
             seconds = time.perf_counter() - t
             accs = []
             for key in sorted(store.entries, key=int):
@@ -200,14 +232,18 @@ def merge_jobs(params: Params, method: str) -> list[MergeJob]:
 
 
 def _run_merge_job(job: MergeJob, files: list[str], shas: list[str], merge: dict, threads: int):
-    """One merge in a worker process: load the members (sha256-verified), merge, return the result."""
+    """One merge as an executor task: load the members (sha256-verified), merge, return the result."""
     from .storage import load_params
 
     torch.set_num_threads(threads)
     t = time.perf_counter()
     models = [load_params(Path(f), sha) for f, sha in zip(files, shas)]
     names = [f"s{s}" for s in job.members]
-    spec = mlp_permutation_spec(models[0])
+    try:
+        _same_architecture(models, files)
+        spec = mlp_permutation_spec(models[0])
+    except ValueError as e:
+        raise PipelineError(f"merge {job.model_id}: {e}") from None
     if job.method == "naive":
         res = naive_merge(models, names=names)
     elif job.method == "mergemany":
@@ -216,7 +252,18 @@ def _run_merge_job(job: MergeJob, files: list[str], shas: list[str], merge: dict
     else:
         res = hierarchical_merge(models, spec, seed=job.seed, lam=merge["lam"], pairing=merge["pairing"],
                                  permute=job.side, max_iter=merge["max_iter"], names=names)
-    return job, res.params, res.provenance, time.perf_counter() - t
+    return res.params, res.provenance, time.perf_counter() - t
+
+
+def _same_architecture(models: list[dict], files: list[str]) -> None:
+    """ValueError naming the first two files whose models differ in architecture."""
+    from .models import architecture_of
+
+    first = architecture_of(models[0])
+    for params, path in zip(models[1:], files[1:]):
+        if (arch := architecture_of(params)) != first:
+            raise ValueError(f"{files[0]} and {path} differ in architecture ({first} vs {arch}); "
+                             "models of one merge must share it")
 
 
 def run_merge(params: Params, root: Path, method: str) -> dict:
@@ -224,29 +271,29 @@ def run_merge(params: Params, root: Path, method: str) -> dict:
         raise PipelineError(f"merge method {method!r} is not in merge.methods {list(params.merge.methods)}")
     jobs = merge_jobs(params, method)
     stores = {p: _open_pool(root, p) for p in range(params.zoo.pools)}
-    # What the merged models depend on (not how many processes made them).
+    # What the merged models depend on (not how many processes made them): the recipe and the exact
+    # base models. Any change empties the store; unchanged, an interrupted run resumes.
     recipe = {k: v for k, v in to_dict(params.merge).items() if k != "workers"}
     header = {"method": method, "merge": recipe, "zoo": {"depth": params.zoo.depth, "pools": params.zoo.pools},
-              "pools": {str(p): s.header.get("data", {}).get("fingerprint") for p, s in stores.items()}}
-    out = ModelStore(root / MERGED_DIR / method, header)
+              "pools": {str(p): digest({k: e["sha256"] for k, e in s.entries.items()}) for p, s in stores.items()}}
+    out = ModelStore(root / MERGED_DIR / method, header, reset=True)
     done = out.finished()
     todo = [j for j in jobs if j.key not in done]
-    # Biggest groups first so the pool's workers finish together.
+    # Biggest groups first so the workers finish together.
     todo.sort(key=lambda j: -len(j.members))
-    workers = max(1, min(len(todo), params.merge.workers or os.cpu_count() or 1))
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    ex = executor_config(params, params.merge.workers)
     merge_cfg = {"max_iter": params.merge.max_iter, "mergemany_max_iter": params.merge.mergemany_max_iter,
                  "lam": params.merge.lam, "pairing": params.merge.pairing}
-    summary = {"jobs": len(jobs), "reused": len(jobs) - len(todo), "workers": workers}
+    summary = {"jobs": len(jobs), "reused": len(jobs) - len(todo), "workers": ex.workers}
     t0 = time.perf_counter()
     with _tracker(params, root, f"merge-{method}") as tr:
         tr.log_parent(params={"merge": params.merge, "zoo.depth": params.zoo.depth, "zoo.pools": params.zoo.pools,
-                              "method": method, "workers": workers})
+                              "method": method, "workers": ex.workers, "executor": params.executor})
 
-        def record(job, merged, prov, seconds):
-            entry = out.add(job.key, f"{job.key}.safetensors", merged,
-                            {**_job_info(job), "seconds": round(seconds, 3), "provenance": prov})
-            metrics = {"seconds": seconds}
+        def log(job: MergeJob):
+            entry = out.entries[job.key]
+            prov = entry["provenance"]
+            metrics = {"seconds": entry["seconds"]}
             if method == "mergemany":
                 metrics.update(iterations=prov["iterations"], converged=float(prov["converged"]))
             if method == "hierarchical":
@@ -256,25 +303,24 @@ def run_merge(params: Params, root: Path, method: str) -> dict:
                      params={"members": ",".join(map(str, job.members)), "tree": prov.get("tree", "")},
                      metrics=metrics)
 
+        def record(task: Task, result):
+            job = task.args[0]
+            merged, prov, seconds = result
+            out.add(job.key, f"{job.key}.safetensors", merged,
+                    {**_job_info(job), "seconds": round(seconds, 3), "provenance": prov})
+            log(job)
+
         def inputs(job):
             store = stores[job.pool]
             keys = [str(s) for s in job.members]
             return [str(store.path(k)) for k in keys], [store.entries[k]["sha256"] for k in keys]
 
-        bar = tqdm(total=len(todo), desc=f"merge {method}", unit="group", disable=not todo)
-        if workers == 1:
-            for job in todo:
-                record(*_run_merge_job(job, *inputs(job), merge_cfg, threads))
-                bar.update()
-        else:
-            import multiprocessing as mp
-
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-                futures = [pool.submit(_run_merge_job, job, *inputs(job), merge_cfg, threads) for job in todo]
-                for fut in as_completed(futures):  # saved as each finishes: an interruption keeps them
-                    record(*fut.result())
-                    bar.update()
-        bar.close()
+        for job in jobs:  # models finished by an interrupted run: logged now if they were not then
+            if job.key in done:
+                log(job)
+        tasks = [Task(f"merge {job.model_id}", (job, *inputs(job))) for job in todo]
+        run_tasks(_run_merge_job, tasks, record, config=ex, common=(merge_cfg, ex.cpus), desc=f"merge {method}",
+                  unit="group")
         summary["seconds"] = round(time.perf_counter() - t0, 1)
         if method == "mergemany":
             provs = [e["provenance"] for e in out.entries.values()]
@@ -290,7 +336,9 @@ def _open_store(directory: Path) -> ModelStore:
     manifest = read_manifest(directory)
     if manifest is None:
         raise PipelineError(f"{directory}: no models here; run the earlier stages first (dvc repro)")
-    return ModelStore(directory, manifest["zoo"])
+    store = ModelStore(directory, manifest["zoo"])
+    store.check_complete()
+    return store
 
 
 def _open_pool(root: Path, pool: int) -> ModelStore:
@@ -351,10 +399,13 @@ def run_evaluate(params: Params, root: Path) -> dict:
     x, y = _eval_split(params, data)
     catalog, files = model_catalog(params, root)
     device = "cuda" if params.zoo.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
-    if params.zoo.device == "cuda" and device != "cuda":
+    if params.executor == "ray":
+        device = params.zoo.device  # resolved by each task on its own node
+    elif params.zoo.device == "cuda" and device != "cuda":
         raise PipelineError("zoo.device: cuda requested but torch sees no CUDA device")
     models = _LazyModels(files)  # loaded one at a time: a paper-scale zoo does not fit in memory
-    table = _evaluate_all(params, files, x, y, device)
+    table = _evaluate_all(params, root, data, files, x, y, device)
+    device = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"  # the barrier curves, here
     full = catalog.merge(table, on="model", how="right")
     _write_csv(root / EVALUATION_CSV, full)
     _write_csv(root / CATALOG_CSV, catalog)
@@ -379,35 +430,62 @@ def run_evaluate(params: Params, root: Path) -> dict:
 
 
 def _evaluate_chunk(items: list[tuple[str, str, str]], x, y, cfg, device: str, threads: int) -> pd.DataFrame:
-    """Evaluate (model id, file, sha256) items in a worker process."""
+    """Evaluate (model id, file, sha256) items: one executor task."""
     from .storage import load_params
+    from .zoo import resolve_device
 
     torch.set_num_threads(threads)
     models = {mid: load_params(Path(f), sha) for mid, f, sha in items}
-    return evaluate(models, x, y, cfg, device=device)
+    return evaluate(models, x, y, cfg, device=str(resolve_device(device)))
 
 
-def _evaluate_all(params: Params, files: dict, x, y, device: str) -> pd.DataFrame:
-    """`audit.metrics.evaluate` over every model: in-process on CUDA, else over worker processes
-    (models are independent; on CPU the attacks do not use more than one core well)."""
-    ids = list(files)
-    workers = max(1, min(len(ids), params.eval.workers or os.cpu_count() or 1))
-    if device == "cuda" or workers == 1:
-        return evaluate(_LazyModels(files), x, y, params.eval.metrics, device=device, progress=True)
-    import multiprocessing as mp
+# Evaluation code whose change must invalidate cached per-model results.
+_EVAL_CODE = ("metrics.py", "attacks.py", "models.py")
+_CHUNK = 4  # models per evaluation task: small tasks balance the load and show progress
 
-    items = [(mid, str(files[mid][0].path(files[mid][1])), files[mid][0].entries[files[mid][1]]["sha256"])
-             for mid in ids]
-    chunks = [items[i:i + 4] for i in range(0, len(items), 4)]  # small tasks: balanced load, live progress
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    frames = []
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool, \
-            tqdm(total=len(items), desc="evaluate", unit="model") as bar:
-        futures = [pool.submit(_evaluate_chunk, c, x, y, params.eval.metrics, device, threads) for c in chunks]
-        for chunk, fut in zip(chunks, futures):
-            frames.append(fut.result())
-            bar.update(len(chunk))
-    return pd.concat(frames, ignore_index=True)
+
+def _evaluate_all(params: Params, root: Path, data: Dataset, files: dict, x, y, device: str) -> pd.DataFrame:
+    """`audit.metrics.evaluate` over every model, in fixed chunks run by the executor.
+
+    Each model's rows are written to ``results/eval-cache/`` as its chunk finishes, keyed by the
+    model's sha256, the eval params, the data, the device and the evaluation code; a rerun after an
+    interruption evaluates only the chunks with a model missing there. Chunks are fixed by position
+    in the catalog, so a model is always evaluated beside the same others (identical floats).
+    """
+    cache = root / EVAL_CACHE
+    code = digest([sha256_file(Path(__file__).parent / name) for name in _EVAL_CODE])
+    common_key = {"eval": to_dict(params.eval.metrics), "data": data.fingerprint, "n": len(y), "device": device,
+                  "code": code}
+    items = [(mid, str(store.path(key)), store.entries[key]["sha256"]) for mid, (store, key) in files.items()]
+    cached = {mid: cache / f"{digest({**common_key, 'model': sha})[:32]}.csv" for mid, _, sha in items}
+    found: dict[str, pd.DataFrame] = {}
+    for mid, path in cached.items():
+        if path.exists():
+            try:
+                rows = pd.read_csv(path)
+            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+                continue  # an unreadable cache entry is only evaluated again
+            if list(rows.columns) == ["metric", "eps", "value"]:
+                found[mid] = rows
+    chunks = [items[i:i + _CHUNK] for i in range(0, len(items), _CHUNK)]
+    tasks = [Task(f"evaluate {c[0][0]} (+{len(c) - 1})", (c,)) for c in chunks if any(m not in found for m, _, _ in c)]
+
+    def record(task: Task, table: pd.DataFrame):
+        for mid, rows in table.groupby("model", sort=False):
+            rows = rows.drop(columns="model")
+            _write_csv(cached[mid], rows)
+            found[mid] = rows
+
+    workers = 1 if device == "cuda" and params.executor == "local" else params.eval.workers  # one GPU: in-process
+    ex = executor_config(params, workers)
+    run_tasks(_evaluate_chunk, tasks, record, config=ex, common=(x, y, params.eval.metrics, device, ex.cpus),
+              desc="evaluate", unit="chunk")
+    keep = {p.name for p in cached.values()}
+    for stale in cache.glob("*.csv"):  # results of models or settings no longer in the run
+        if stale.name not in keep:
+            stale.unlink()
+    return pd.concat([found[mid].assign(model=mid)[["model", "metric", "eps", "value"]] for mid in files],
+                     ignore_index=True)
 
 
 class _LazyModels(Mapping):
@@ -488,7 +566,13 @@ def load_results(params: Params, root: Path):
     path = root / EVALUATION_CSV
     if not path.exists():
         raise PipelineError(f"{path}: no evaluated results yet; run the pipeline first (make repro or dvc repro)")
-    table = pd.read_csv(path)
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise PipelineError(f"{path}: unreadable evaluation table ({str(e).splitlines()[0]}); rerun the "
+                            "evaluate stage (dvc repro)") from None
+    if table.empty:
+        raise PipelineError(f"{path}: the evaluation table has no rows; rerun the evaluate stage (dvc repro)")
     missing = {"model", "kind", "method", "depth", "pool", "group", "metric", "eps", "value"} - set(table.columns)
     if missing:
         raise PipelineError(f"{path}: not an evaluation table (missing column {sorted(missing)[0]!r})")
@@ -569,11 +653,20 @@ def run_report(params: Params, root: Path) -> dict:
 
 
 def _tracker(params: Params, root: Path, stage: str) -> Tracker:
-    return Tracker(params.tracking, data_name=params.data.name, stage=stage, root=root)
+    # The key names what the stage computes from (not where it logs or runs): a rerun after a
+    # tracking fault resumes the same parent run.
+    inputs = {k: v for k, v in to_dict(params).items() if k not in ("tracking", "executor", "ray", "resources")}
+    return Tracker(params.tracking, data_name=params.data.name, stage=stage, root=root,
+                   key=digest({"stage": stage, "params": inputs})[:24])
 
 
 def stage_main(run: Callable[..., dict], argv: list[str] | None = None) -> None:
-    """Parse ``[--params FILE] [extra args]``, run the stage, turn user errors into one line + exit 1."""
+    """Parse ``[--params FILE] [extra args]``, run the stage, turn user errors into one line + exit 1.
+
+    Ctrl-C exits with 130 and a line saying that finished models and results are kept. A tracking
+    failure is reported after every result is on disk, with exit 1, so that DVC does not record the
+    stage as done: the rerun reuses the results and logs the runs that are missing.
+    """
     import argparse
     import sys
 
@@ -587,7 +680,15 @@ def stage_main(run: Callable[..., dict], argv: list[str] | None = None) -> None:
         params = load_params(root / args.params if not Path(args.params).is_absolute() else args.params)
         extra = {"method": args.method} if args.method else {}
         summary = run(params, root, **extra)
-    except (ConfigError, DataError, StorageError, PipelineError) as e:
+    except (ConfigError, DataError, StorageError, PipelineError, TaskError, ResourceError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        print("interrupted: finished models and results are kept; rerun (dvc repro) to do the rest",
+              file=sys.stderr)
+        raise SystemExit(130) from None
     print(json.dumps(summary, indent=1, default=str)[:4000])
+    if failures := tracking.failures():
+        print(f"error: results are saved, but MLflow logging failed: {failures[0]}; fix the tracking store "
+              "and rerun (dvc repro): finished results are reused and the missing runs logged", file=sys.stderr)
+        raise SystemExit(1)

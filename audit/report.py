@@ -33,7 +33,11 @@ class ReportError(RuntimeError):
 def _read_csv(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise ReportError(f"{path}: missing; run the pipeline first (make repro or dvc repro)")
-    return pd.read_csv(path)
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise ReportError(f"{path}: unreadable table ({str(e).splitlines()[0]}); rerun the pipeline "
+                          "(dvc repro)") from None
 
 
 def _ci95(values) -> tuple[float, float, float]:
@@ -284,6 +288,8 @@ def build_report(root: Path, params: Params) -> Path:
     """Write reports/audit/report.md, report.html and figures/; return the HTML path."""
     root = Path(root)
     table = _read_csv(root / "results/evaluation.csv")
+    if table.empty:
+        raise ReportError(f"{root / 'results/evaluation.csv'}: no rows; rerun the evaluate stage (dvc repro)")
     catalog = _read_csv(root / "results/models.csv")
     barriers = _read_csv(root / "results/barriers.csv")
     claims = _read_csv(root / "results/claims.csv")
@@ -292,7 +298,7 @@ def build_report(root: Path, params: Params) -> Path:
         raise ReportError(f"{verdict_path}: missing; run the audit stage first (dvc repro)")
     verdict_list = json.loads(verdict_path.read_text())
     verdicts = {v["id"]: v for v in verdict_list}
-    compare = pd.read_csv(root / "results/compare.csv") if (root / "results/compare.csv").exists() else pd.DataFrame()
+    compare = _read_csv(root / "results/compare.csv") if (root / "results/compare.csv").exists() else pd.DataFrame()
 
     out = root / REPORT_DIR
     figs = _figures(table, barriers, params, out / "figures")

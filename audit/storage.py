@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -115,27 +116,50 @@ class ModelStore:
     config...). Opening an existing store with a different header is an error naming the first
     differing key, so models trained under other settings are never mixed in or silently reused.
     Keys listed in ``informational`` (versions, timestamps) are recorded but not compared.
+
+    ``reset=True`` instead empties a store whose header differs (its models and manifest are
+    deleted, with a note on stderr). The pipeline uses it for its own outputs: a stage whose params
+    changed must start afresh (as DVC would delete them), while an interrupted stage with unchanged
+    params resumes from the models it finished.
     """
 
-    def __init__(self, directory: Path, header: Mapping, informational: Iterable[str] = ()):
+    def __init__(self, directory: Path, header: Mapping, informational: Iterable[str] = (), reset: bool = False):
         self.dir = Path(directory)
         self.informational = set(informational)
         existing = read_manifest(self.dir)
+        if existing is not None:
+            differs = self._differing_key(existing["zoo"], header)
+            if differs is not None and not reset:
+                raise StorageError(
+                    f"{self.dir / MANIFEST}: existing models were made with a different {differs!r} "
+                    f"({_short(existing['zoo'].get(differs))} vs now {_short(header.get(differs))}); "
+                    "use another directory or delete it")
+            if differs is not None:
+                print(f"note: {self.dir}: {differs!r} changed; deleting its {len(existing['models'])} models "
+                      "and starting afresh", file=sys.stderr)
+                self._clear(existing)
+                existing = None
         if existing is None:
             self.manifest = {"format": FORMAT, "zoo": dict(header), "models": {}}
             self._write()
         else:
-            self._check_header(existing["zoo"], header)
             self.manifest = existing
+        for tmp in self.dir.glob(".*.tmp"):  # left by a killed writer; never read, never kept
+            tmp.unlink(missing_ok=True)
 
-    def _check_header(self, old: Mapping, new: Mapping) -> None:
+    def _differing_key(self, old: Mapping, new: Mapping) -> str | None:
         for key in sorted(set(old) | set(new)):
-            if key in self.informational:
-                continue
-            if _canon(old.get(key)) != _canon(new.get(key)):
-                raise StorageError(
-                    f"{self.dir / MANIFEST}: existing models were made with a different {key!r} "
-                    f"({_short(old.get(key))} vs now {_short(new.get(key))}); use another directory or delete it")
+            if key not in self.informational and _canon(old.get(key)) != _canon(new.get(key)):
+                return key
+        return None
+
+    def _clear(self, manifest: Mapping) -> None:
+        # Only files this store wrote (named in its manifest, or our temporaries): never a stranger's.
+        for entry in manifest["models"].values():
+            (self.dir / entry["file"]).unlink(missing_ok=True)
+        for tmp in self.dir.glob(".*.tmp"):
+            tmp.unlink()
+        (self.dir / MANIFEST).unlink()
 
     def _write(self) -> None:
         atomic_write_json(self.dir / MANIFEST, self.manifest)
@@ -161,6 +185,19 @@ class ModelStore:
             raise StorageError(f"{path}: sha256 does not match the manifest (file modified or corrupted)")
         return True
 
+    def check_complete(self) -> None:
+        """For a finished store read by a later stage: every listed file is there and intact, and no
+        model file lies in the directory that the manifest does not vouch for."""
+        listed = {e["file"] for e in self.entries.values()}
+        for path in sorted(self.dir.glob("*.safetensors")):
+            if path.name not in listed:
+                raise StorageError(f"{path}: not listed in {self.dir / MANIFEST}; remove it or rerun the stage "
+                                   "that writes this directory")
+        for key in self.entries:
+            if not self.verify(key):
+                raise StorageError(f"{self.path(key)}: listed in {self.dir / MANIFEST} but missing; rerun the "
+                                   "stage that writes this directory (dvc repro)")
+
     def finished(self) -> set[str]:
         return {k for k in list(self.entries) if self.verify(k)}
 
@@ -184,6 +221,11 @@ class ModelStore:
             if got != want:
                 raise StorageError(f"{self.path(key)}: architecture {got} does not match the store's {want}")
         return params
+
+
+def digest(obj) -> str:
+    """sha256 of a JSON-serializable value in canonical form (sorted keys)."""
+    return sha256_bytes(json.dumps(obj, sort_keys=True).encode())
 
 
 def _canon(value):

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from . import __version__
 from .data import Dataset
+from .executor import ExecutorConfig, Task, run_tasks
 from .metrics import clean_predictions
 from .models import MLP, resolve_widths, stack_params, stacked_forward
 from .storage import ModelStore
@@ -180,6 +180,8 @@ class TrainedModel:
     seed: int
     params: dict[str, Tensor]  # on CPU
     metrics: dict[str, float]  # train/test accuracy and loss after training
+    engine: str = "loop"
+    device: str = "cpu"
 
 
 def evaluate_params(params: dict[str, Tensor], x: Tensor, y: Tensor, batch_size: int = 4096) -> tuple[float, float]:
@@ -213,7 +215,7 @@ def train_loop(data: Dataset, widths: Sequence[int], cfg: TrainConfig, seed: int
 
     _fit(cfg, list(model.parameters()), len(y), stream.epoch, batch_loss, on_epoch)
     params = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return TrainedModel(seed, params, _final_metrics(params, data, device))
+    return TrainedModel(seed, params, _final_metrics(params, data, device), "loop", device.type)
 
 
 def train_batched(data: Dataset, widths: Sequence[int], cfg: TrainConfig, seeds: Sequence[int], *,
@@ -243,7 +245,7 @@ def train_batched(data: Dataset, widths: Sequence[int], cfg: TrainConfig, seeds:
     out = []
     for j, s in enumerate(seeds):
         params = {n: t[j].detach().cpu().clone() for n, t in stacked.items()}
-        out.append(TrainedModel(s, params, _final_metrics(params, data, device)))
+        out.append(TrainedModel(s, params, _final_metrics(params, data, device), "batched", device.type))
     return out
 
 
@@ -262,34 +264,50 @@ def model_filename(seed: int) -> str:
     return f"model-{seed:06d}.safetensors"
 
 
+def train_shard(seeds: Sequence[int], data: Dataset, widths: Sequence[int], cfg: TrainConfig, device: str,
+                engine: str, threads: int) -> list[TrainedModel]:
+    """Train a few models (one batched pass, or one model with the loop engine): one executor task."""
+    torch.set_num_threads(threads)
+    dev = resolve_device(device)  # resolved where the task runs: a Ray worker may have the GPU
+    engine = resolve_engine(engine, dev)
+    if engine == "loop":
+        return [train_loop(data, widths, cfg, s, device=dev) for s in seeds]
+    return train_batched(data, widths, cfg, list(seeds), device=dev)
+
+
 def train_zoo(directory, data: Dataset, widths: Sequence[int], cfg: TrainConfig, seeds: Sequence[int], *,
               device: str = "auto", engine: str = "auto", models_per_pass: int = 32,
-              progress: bool = True) -> ModelStore:
+              progress: bool = True, executor: ExecutorConfig | None = None, reset: bool = False) -> ModelStore:
     """Train one model per seed into ``directory`` (see `audit.storage`), resuming: models already
     stored and verified are kept, only missing ones are trained. Each model is saved as soon as it
-    (or its batched pass) finishes, so an interruption loses at most the pass in flight.
+    (or its batched pass) finishes, so an interruption loses at most the passes in flight.
+
+    ``executor`` runs the passes elsewhere (Ray tasks; see `audit.executor`); by default they run
+    here, one after another. ``reset``: a directory holding models of other settings is emptied
+    instead of refused (see `audit.storage.ModelStore`).
     """
     if len(set(seeds)) != len(seeds):
         raise ValueError("zoo seeds must be distinct")
-    dev = resolve_device(device)
-    engine = resolve_engine(engine, dev)
-    store = ModelStore(directory, zoo_header(data, widths, cfg), informational=("versions",))
+    executor = executor or ExecutorConfig()
+    dev = resolve_device(device) if executor.kind == "local" else torch.device("cpu")
+    engine_here = resolve_engine(engine, dev)
+    store = ModelStore(directory, zoo_header(data, widths, cfg), informational=("versions",), reset=reset)
     done = store.finished()
     todo = [s for s in seeds if str(s) not in done]
-    per_pass = 1 if engine == "loop" else max(1, models_per_pass)
-    bar = tqdm(total=len(todo) * cfg.epochs, unit="model-epoch", disable=not progress or not todo,
-               desc=f"zoo {Path(directory).name} ({len(seeds) - len(todo)}/{len(seeds)} done, {engine}, {dev})")
-    try:
-        for start in range(0, len(todo), per_pass):
-            chunk = todo[start:start + per_pass]
-            tick = lambda: bar.update(len(chunk))  # noqa: E731 (one epoch of this chunk)
-            if engine == "loop":
-                trained = [train_loop(data, widths, cfg, chunk[0], device=dev, on_epoch=tick)]
-            else:
-                trained = train_batched(data, widths, cfg, chunk, device=dev, on_epoch=tick)
-            for m in trained:
-                store.add(str(m.seed), model_filename(m.seed), m.params,
-                          {"seed": m.seed, "metrics": m.metrics, "engine": engine, "device": dev.type})
-    finally:
-        bar.close()
+    # A task is one batched pass of models, or one model with the loop engine. Under Ray 'auto' is
+    # resolved on the worker, so its shards are passes. The threads are fixed here so that every
+    # executor computes the same floats.
+    loop = engine == "loop" or (executor.kind == "local" and engine_here == "loop")
+    per_pass = 1 if loop else max(1, models_per_pass)
+    threads = torch.get_num_threads() if executor.kind == "local" else max(1, int(executor.cpus))
+    tasks = [Task(f"train {Path(directory).name} seeds {c[0]}..{c[-1]}", (c,))
+             for c in (todo[i:i + per_pass] for i in range(0, len(todo), per_pass))]
+
+    def save(task, trained):
+        for m in trained:
+            store.add(str(m.seed), model_filename(m.seed), m.params,
+                      {"seed": m.seed, "metrics": m.metrics, "engine": m.engine, "device": m.device})
+
+    run_tasks(train_shard, tasks, save, config=executor, common=(data, widths, cfg, device, engine, threads),
+              desc=f"zoo {Path(directory).name} ({len(seeds) - len(todo)}/{len(seeds)} done)", unit="pass")
     return store

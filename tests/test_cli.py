@@ -29,7 +29,7 @@ def test_ui_with_bad_params_is_one_line(tmp_path):
     params.write_text("tracking:\n  url: x\n")
     res = CliRunner().invoke(main, ["ui", "--params", str(params)])
     assert res.exit_code == 1
-    assert res.output.strip().splitlines() == [f"Error: {params}: tracking.url: unknown key; allowed: uri, experiment_prefix, enabled"]
+    assert res.output.strip().splitlines() == [f"Error: {params}: tracking.url: unknown key (value 'x'); allowed: uri, experiment_prefix, enabled"]
 
 
 def fixture_project(tmp_path):

@@ -19,7 +19,7 @@ def test_the_shipped_params_file_is_valid_and_explicit(tmp_path):
 
 
 @pytest.mark.parametrize("raw, message", [
-    ({"zoo": {"lr": 0.1}}, "zoo.lr: unknown key; allowed: arch, depth"),
+    ({"zoo": {"lr": 0.1}}, "zoo.lr: unknown key (value 0.1); allowed: arch, depth"),
     ({"zoo": {"train": {"lr": -1}}}, "zoo.train.lr: must be >= 0, got -1.0"),
     ({"zoo": {"train": {"lr": "fast"}}}, "zoo.train.lr: expected a number, got 'fast'"),
     ({"zoo": {"train": {"epochs": 2.5}}}, "zoo.train.epochs: expected an integer, got 2.5"),
@@ -34,7 +34,7 @@ def test_the_shipped_params_file_is_valid_and_explicit(tmp_path):
     ({"eval": {"metrics": {"pgd_steps": 0}}}, "eval.metrics.pgd_steps: must be a positive integer"),
     ({"audit": {"alpha": 1.5}}, "audit.alpha: must be in (0, 1)"),
     ({"tracking": {"enabled": "yes"}}, "tracking.enabled: expected true or false"),
-    ({"zoo": {"regularized": {"l2": {"l3": 1}}}}, "zoo.regularized.l2.l3: unknown key; allowed: l1, l2"),
+    ({"zoo": {"regularized": {"l2": {"l3": 1}}}}, "zoo.regularized.l2.l3: unknown key (value 1); allowed: l1, l2"),
     ([1, 2], "(top level): expected a mapping"),
 ])
 def test_bad_values_name_the_key_and_what_is_allowed(raw, message):

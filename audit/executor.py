@@ -1,0 +1,140 @@
+"""Where independent tasks run: in this process, in local worker processes, or as Ray tasks.
+
+A task is a pure function call: arguments in, a result out. Only the driver writes files, one result
+at a time as it arrives (``on_result``), so every executor leaves the same outputs, an interruption
+keeps every result already handed over, and nothing half-written is ever read.
+
+* ``local``: ``workers == 1`` runs the tasks in this process, in order; more workers use a pool of
+  spawned processes (``concurrent.futures``). Ctrl-C cancels the queued tasks and stops the workers.
+* ``ray``: each task is a Ray task on the cluster at ``address`` (or ``RAY_ADDRESS``; with neither, a
+  local Ray instance), asking for ``cpus`` cores and, where the cluster has GPUs, ``gpus`` of one.
+  Ray retries a task whose worker died (``retries``); one that still fails is reported by name.
+
+Each task is told how many threads to use, the same number under both executors: CPU reductions
+are split across threads, so a different count could change float rounding, and the models would
+no longer be bit-identical between ``local`` and ``ray``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+EXECUTORS = ("local", "ray")
+
+
+class TaskError(RuntimeError):
+    """A task could not finish (its worker died, or the cluster failed); the message names it."""
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str  # shown in progress and errors, e.g. "merge hierarchical/p0-d3-g1-s0-second"
+    args: tuple  # the task's own arguments; ``common`` arguments follow them
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    kind: str = "local"  # local | ray
+    workers: int = 1  # local: processes (1: in this process)
+    address: str | None = None  # ray: cluster address; None: RAY_ADDRESS, else a local instance
+    cpus: float = 1  # ray: cores per task (also the task's torch threads, rounded down)
+    gpus: float = 0  # ray: GPU fraction per task (0 where the cluster has none)
+    retries: int = 2  # ray: re-runs of a task whose worker died
+
+
+def run_tasks(fn: Callable, tasks: Sequence[Task], on_result: Callable[[Task, object], None], *,
+              config: ExecutorConfig, common: tuple = (), desc: str = "", unit: str = "task") -> None:
+    """Call ``fn(*task.args, *common)`` for every task and hand each result to ``on_result`` in the
+    driver as soon as it arrives (completion order, not submission order)."""
+    if not tasks:
+        return
+    with tqdm(total=len(tasks), desc=desc, unit=unit) as bar:
+        def done(task, result):
+            on_result(task, result)
+            bar.update()
+
+        if config.kind == "ray":
+            _run_ray(fn, tasks, done, config, common)
+        elif config.workers <= 1 or len(tasks) == 1:
+            for task in tasks:
+                done(task, fn(*task.args, *common))
+        else:
+            _run_processes(fn, tasks, done, min(config.workers, len(tasks)), common)
+
+
+def _run_processes(fn, tasks, done, workers: int, common: tuple) -> None:
+    import multiprocessing as mp
+
+    # spawn, not fork: the driver may hold torch threads and open MLflow connections.
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+    futures = {pool.submit(fn, *t.args, *common): t for t in tasks}
+    try:
+        for fut in as_completed(futures):
+            task = futures[fut]
+            try:
+                result = fut.result()
+            except BrokenProcessPool as e:
+                raise TaskError(f"task {task.name}: its worker process died ({e}); finished results are "
+                                "kept, rerun to do the rest") from None
+            done(task, result)
+    except BaseException:
+        # Ctrl-C or an error: drop the queue and stop the workers now rather than finishing it.
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in list(getattr(pool, "_processes", {}).values()):  # no public terminate before 3.14
+            proc.terminate()
+        raise
+    pool.shutdown(wait=True)
+
+
+def ray_init(address: str | None):
+    """Connect to the cluster (``address``, else ``RAY_ADDRESS``) or start a local instance."""
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    import audit
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    # The package travels with the job, so cluster nodes need its dependencies, not a checkout.
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"py_modules": [str(Path(audit.__file__).parent)]})
+    return ray
+
+
+def _run_ray(fn, tasks, done, config: ExecutorConfig, common: tuple) -> None:
+    ray = ray_init(config.address)
+    from ray.exceptions import RayTaskError, RayError
+
+    gpus = config.gpus if config.gpus and ray.cluster_resources().get("GPU", 0) > 0 else 0
+    remote = ray.remote(fn).options(num_cpus=config.cpus, num_gpus=gpus, max_retries=config.retries,
+                                    retry_exceptions=False, name=getattr(fn, "__name__", "task"))
+    shared = [ray.put(a) for a in common]  # big arguments (data, tensors) are stored once
+    pending = {remote.remote(*t.args, *shared): t for t in tasks}
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                task = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except RayTaskError as e:  # the function raised: re-raise its own error, as local would
+                    cause = getattr(e, "cause", None)
+                    if isinstance(cause, Exception):
+                        raise cause from None
+                    raise TaskError(f"task {task.name}: {str(e).splitlines()[0]}") from None
+                except RayError as e:
+                    raise TaskError(f"task {task.name}: failed on the Ray cluster after {config.retries} "
+                                    f"retries ({type(e).__name__}); finished results are kept, rerun to do "
+                                    "the rest") from None
+                done(task, result)
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise

@@ -1,0 +1,193 @@
+"""How much disk and time an experiment needs, estimated before it starts.
+
+Disk is counted exactly from the architecture: float32 weights, one file per model, twice (the
+working copy and DVC's cache, which copies where the file system cannot reflink), plus the
+evaluation cache. Time is calibrated on this machine in a few seconds: a few training steps of the
+architecture, one weight matching of two models and one attack gradient, multiplied by the counts
+the params imply. It is an estimate (real merges take more sweeps than random models, attacks stop
+early), good to a factor of about two; the train stage prints it and refuses to start when the disk
+cannot hold the models or the time exceeds ``resources.max_hours``.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import Params
+from .models import resolve_widths
+
+GIB = 2**30
+# Shapes of the known data sets: (input features, classes, training samples, test samples).
+KNOWN_SHAPES = {"mnist": (784, 10, 60000, 10000), "fashion-mnist": (784, 10, 60000, 10000),
+                "cifar10": (3072, 10, 50000, 10000), "cifar100": (3072, 100, 50000, 10000)}
+
+
+class ResourceError(RuntimeError):
+    """The experiment does not fit this machine; the message says what it needs."""
+
+
+@dataclass(frozen=True)
+class Shape:
+    in_features: int
+    n_classes: int
+    n_train: int
+    n_eval: int
+
+
+@dataclass(frozen=True)
+class Estimate:
+    models: dict[str, int]  # base, regularized, merged (all methods)
+    bytes_per_model: int
+    disk_bytes: int  # models twice (workspace + DVC cache) and the evaluation cache
+    seconds: dict[str, float]  # train, merge, evaluate
+    device: str
+
+    @property
+    def hours(self) -> float:
+        return sum(self.seconds.values()) / 3600
+
+    def describe(self) -> str:
+        n = sum(self.models.values())
+        parts = ", ".join(f"{k} ~{_duration(v)}" for k, v in self.seconds.items())
+        return (f"{n} models ({', '.join(f'{v} {k}' for k, v in self.models.items())}), "
+                f"{self.bytes_per_model / 2**20:.2f} MiB each: needs {self.disk_bytes / GIB:.2f} GiB of disk; "
+                f"time on {self.device} ~{_duration(self.hours * 3600)} ({parts})")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def model_counts(params: Params) -> dict[str, int]:
+    from .pipeline import merge_jobs  # the pipeline's own job list: the counts cannot drift from it
+
+    z = params.zoo
+    merged = sum(len(merge_jobs(params, m)) for m in params.merge.methods)
+    return {"base": z.pools * z.pool_size, "regularized": len(z.regularized) * z.regularized_models, "merged": merged}
+
+
+def parameter_count(shape: Shape, widths) -> int:
+    dims = [shape.in_features, *resolve_widths(widths), shape.n_classes]
+    return sum(a * b + b for a, b in zip(dims, dims[1:])) + 2 * shape.in_features  # + normalization mean, std
+
+
+def _timed(fn, repeats: int = 3) -> float:
+    fn()  # warm-up
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def calibrate(shape: Shape, widths, batch_size: int, device: torch.device) -> dict[str, float]:
+    """Seconds for one training step of one model, one weight matching of two models (one sweep,
+    float64 similarities and assignment), and one forward + backward pass over 1000 inputs."""
+    from .models import MLP
+    from .rebasin import mlp_permutation_spec, weight_matching
+
+    g = torch.Generator().manual_seed(0)
+    model = MLP(shape.in_features, resolve_widths(widths), shape.n_classes).to(device)
+    opt = torch.optim.Adam(model.parameters())
+    x = torch.rand(batch_size, shape.in_features, generator=g).to(device)
+    y = torch.randint(0, shape.n_classes, (batch_size,), generator=g).to(device)
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    xe = torch.rand(1000, shape.in_features, generator=g).to(device).requires_grad_()
+    ye = torch.randint(0, shape.n_classes, (1000,), generator=g).to(device)
+
+    def gradient():
+        torch.nn.functional.cross_entropy(model(xe), ye).backward()
+
+    a = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    b = {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in a.items()}
+    spec = mlp_permutation_spec(a)
+    match = _timed(lambda: weight_matching(spec, a, b, seed=0, max_iter=1), repeats=1)
+    return {"step": _timed(step), "match_sweep": match, "gradient_1000": _timed(gradient)}
+
+
+def estimate(params: Params, shape: Shape, device: torch.device | None = None) -> Estimate:
+    device = device or torch.device("cuda" if torch.cuda.is_available() and params.zoo.device != "cpu" else "cpu")
+    z, m, e = params.zoo, params.merge, params.eval.metrics
+    counts = model_counts(params)
+    per_model = parameter_count(shape, z.arch) * 4 + 4096  # float32 + safetensors header and manifest
+    n_models = sum(counts.values())
+    disk = 2 * per_model * n_models + n_models * 4096  # workspace + DVC cache; eval cache rows
+    c = calibrate(shape, z.arch, z.train.batch_size, device)
+    steps = z.train.epochs * math.ceil(shape.n_train / z.train.batch_size)
+    train = (counts["base"] + counts["regularized"]) * steps * c["step"]
+    # Weight matching: a merge of 2^d models runs 2^d - 1 pair matchings (hierarchical) or up to
+    # mergemany_max_iter passes of 2^d matchings (MergeMany); trained models take ~10 sweeps.
+    sweeps = min(m.max_iter, 10)
+    pairs = 0.0
+    for method in m.methods:
+        if method == "naive":
+            continue
+        from .pipeline import merge_jobs
+
+        for job in merge_jobs(params, method):
+            k = len(job.members)
+            pairs += (k - 1) if method == "hierarchical" else k * m.mergemany_max_iter
+    merge = pairs * sweeps * c["match_sweep"]
+    # Gradients per input: FGSM 1 per eps, PGD steps per eps, DeepFool ~10 iterations x classes.
+    grads = len(e.fgsm_eps) + e.pgd_steps * len(e.pgd_eps) + 10 * shape.n_classes
+    evaluate = n_models * grads * c["gradient_1000"] * shape.n_eval / 1000
+    return Estimate(counts, per_model, disk, {"train": train, "merge": merge, "evaluate": evaluate}, device.type)
+
+
+def shape_of(params: Params, root: Path) -> Shape:
+    """The data set's shape: from the data stage's record if present, else known sizes, else loaded."""
+    import json
+
+    record = root / "results" / "data.json"
+    n_eval = params.data.eval_samples
+    if record.exists():
+        d = json.loads(record.read_text())
+        return Shape(math.prod(d["image_shape"]), d["n_classes"], d["n_train"], d.get("eval_samples", d["n_test"]))
+    if params.data.name in KNOWN_SHAPES:
+        f, k, n, t = KNOWN_SHAPES[params.data.name]
+        return Shape(f, k, n, min(t, n_eval or t))
+    from .pipeline import load_data
+
+    data = load_data(params, root)
+    return Shape(data.in_features, data.n_classes, len(data.y_train), min(len(data.y_test), n_eval or len(data.y_test)))
+
+
+def shortfalls(params: Params, root: Path, est: Estimate) -> list[str]:
+    """Why the experiment does not fit here (empty if it does): disk, then time."""
+    out = []
+    free = shutil.disk_usage(root).free
+    margin = params.resources.disk_margin_gib
+    if est.disk_bytes + margin * GIB > free:
+        out.append(f"only {free / GIB:.2f} GiB free under {root} (keeping resources.disk_margin_gib {margin:g}); "
+                   "free disk or lower zoo.pools / zoo.depth")
+    limit = params.resources.max_hours
+    # The time is one machine's; a Ray cluster divides it by its size, unknown here.
+    if limit is not None and est.hours > limit and params.executor == "local":
+        out.append(f"over resources.max_hours {limit:g}; use a GPU (zoo.device), a Ray cluster (executor: ray), "
+                   "fewer models, or raise the limit")
+    return out
+
+
+def check_fits(params: Params, root: Path, est: Estimate) -> None:
+    """ResourceError saying what is needed when the experiment does not fit (see `shortfalls`)."""
+    if problems := shortfalls(params, root, est):
+        raise ResourceError(f"not started: {est.describe()}; {'; '.join(problems)}")

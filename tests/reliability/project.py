@@ -1,0 +1,128 @@
+"""Scratch projects for the reliability suite: the shipped stage scripts and params (with small
+overrides) in a temporary directory, stages run as the subprocesses DVC would start."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import REPO
+
+SMALL = {
+    "data": {"name": "digits", "eval_samples": 100},
+    "zoo": {"arch": [32], "depth": 2, "train": {"epochs": 2, "batch_size": 64}, "regularized": {}},
+    "merge": {"seeds": [0], "mergemany_max_iter": 2, "workers": 1},
+    "eval": {"metrics": {"lipschitz_points": 2, "fgsm_eps": [0.0, 0.01], "pgd_eps": [0.01], "pgd_steps": 3,
+                         "deepfool_eps": [0.5], "deepfool_max_iter": 10}, "barrier_pairs": 1, "barrier_points": 5,
+             "workers": 1},
+    "tracking": {"enabled": False},
+}
+STAGES = ("data", "train", "merge", "evaluate", "claims", "report")
+OUTPUTS = ("models", "results", "metrics", "reports/audit")
+
+
+def deep_update(base: dict, new: dict) -> dict:
+    for k, v in new.items():
+        base[k] = deep_update(base.get(k) or {}, v) if isinstance(v, dict) and v and k != "regularized" else v
+    return base
+
+
+def params_dict(*overrides: dict) -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for o in (SMALL, *overrides):
+        params = deep_update(params, o)
+    return params
+
+
+def make_project(root: Path, *overrides: dict) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"),
+                    dirs_exist_ok=True)
+    (root / "reports").mkdir(exist_ok=True)
+    shutil.copy(REPO / "reports/claims.yaml", root / "reports/claims.yaml")
+    write_params(root, *overrides)
+    return root
+
+
+def write_params(root: Path, *overrides: dict, name: str = "params.yaml") -> Path:
+    path = root / name
+    path.write_text(yaml.safe_dump(params_dict(*overrides)))
+    return path
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
+
+
+def stage_cmd(root: Path, name: str, *args: str) -> list[str]:
+    return [sys.executable, str(root / "stages" / f"{name}.py"), "--root", str(root), *args]
+
+
+def run_stage(root: Path, name: str, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    out = subprocess.run(stage_cmd(root, name, *args), cwd=root, env=_env(), capture_output=True, text=True,
+                         timeout=timeout)
+    if check and out.returncode:
+        raise AssertionError(f"stage {name} {args} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+def run_pipeline(root: Path, methods=("hierarchical", "mergemany", "naive"), until: str = "report") -> None:
+    for name in STAGES:
+        if name == "merge":
+            for m in methods:
+                run_stage(root, "merge", "--method", m)
+        else:
+            run_stage(root, name)
+        if name == until:
+            return
+
+
+def interrupt_when(root: Path, name: str, args: tuple, ready, sig: int, timeout: float = 300):
+    """Start a stage, wait until ``ready()`` is true (polling), send ``sig``; return (rc, stderr,
+    what ``ready`` returned at the kill). Fails if the stage finished before it could be interrupted."""
+    proc = subprocess.Popen(stage_cmd(root, name, *args), cwd=root, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while not (state := ready()):
+            if proc.poll() is not None:
+                raise AssertionError(f"stage {name} ended before it could be interrupted:\n{proc.stderr.read()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"stage {name}: no progress within {timeout} s")
+            time.sleep(0.02)
+        if proc.poll() is not None:
+            raise AssertionError(f"stage {name} finished before it could be interrupted")
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if sig == signal.SIGKILL:
+        # Worker processes of a killed driver: wait until none of them writes any more.
+        time.sleep(1.0)
+    return proc.returncode, err, state
+
+
+def snapshot(root: Path, under=OUTPUTS) -> dict[str, tuple[int, int, str]]:
+    """{relative path: (inode, mtime_ns, sha256)} of every output file."""
+    out = {}
+    for top in under:
+        for path in sorted((root / top).rglob("*")):
+            if path.is_file():
+                st = path.stat()
+                out[str(path.relative_to(root))] = (st.st_ino, st.st_mtime_ns,
+                                                    hashlib.sha256(path.read_bytes()).hexdigest())
+    return out
+
+
+def contents(snap: dict) -> dict[str, str]:
+    return {k: v[2] for k, v in snap.items()}
