@@ -73,7 +73,8 @@ def _run_processes(fn, tasks, done, workers: int, common: tuple) -> None:
     import multiprocessing as mp
 
     # spawn, not fork: the driver may hold torch threads and open MLflow connections.
-    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_exit_with_parent,
+                               initargs=(os.getpid(),))
     futures = {pool.submit(fn, *t.args, *common): t for t in tasks}
     try:
         for fut in as_completed(futures):
@@ -86,11 +87,26 @@ def _run_processes(fn, tasks, done, workers: int, common: tuple) -> None:
             done(task, result)
     except BaseException:
         # Ctrl-C or an error: drop the queue and stop the workers now rather than finishing it.
+        procs = list((getattr(pool, "_processes", None) or {}).values())  # no public terminate before 3.14
         pool.shutdown(wait=False, cancel_futures=True)
-        for proc in list(getattr(pool, "_processes", {}).values()):  # no public terminate before 3.14
+        for proc in procs:
             proc.terminate()
         raise
     pool.shutdown(wait=True)
+
+
+def _exit_with_parent(parent: int, every: float = 0.5) -> None:
+    """In a worker: exit once the driver is gone (killed with SIGKILL, say) instead of lingering as
+    an orphan that holds the terminal and cores. Polls the parent pid every ``every`` seconds."""
+    import threading
+    import time
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def ray_init(address: str | None):

@@ -23,8 +23,9 @@ import sys
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from types import SimpleNamespace
 
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
@@ -94,6 +95,17 @@ def load_params(path: Path, sha256: str | None = None) -> dict[str, Tensor]:
         return dict(st_load(data))
     except (SafetensorError, ValueError, RuntimeError) as e:
         raise StorageError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def file_architecture(path: Path) -> dict | None:
+    """The MLP architecture of a safetensors file from its header alone (no weights read); None if
+    the file does not hold an MLP."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            shapes = {k: SimpleNamespace(shape=tuple(f.get_slice(k).get_shape())) for k in f.keys()}
+        return architecture_of(shapes)
+    except (SafetensorError, ValueError, OSError):
+        return None
 
 
 def read_manifest(directory: Path) -> dict | None:
@@ -193,10 +205,13 @@ class ModelStore:
             if path.name not in listed:
                 raise StorageError(f"{path}: not listed in {self.dir / MANIFEST}; remove it or rerun the stage "
                                    "that writes this directory")
+        want = self.header.get("architecture")
         for key in self.entries:
             if not self.verify(key):
                 raise StorageError(f"{self.path(key)}: listed in {self.dir / MANIFEST} but missing; rerun the "
                                    "stage that writes this directory (dvc repro)")
+            if want is not None and (got := file_architecture(self.path(key))) != want:
+                raise StorageError(f"{self.path(key)}: architecture {got} does not match the store's {want}")
 
     def finished(self) -> set[str]:
         return {k for k in list(self.entries) if self.verify(k)}
