@@ -56,8 +56,12 @@ class Estimate:
         n = sum(self.models.values())
         parts = ", ".join(f"{k} ~{_duration(v)}" for k, v in self.seconds.items())
         return (f"{n} models ({', '.join(f'{v} {k}' for k, v in self.models.items())}), "
-                f"{self.bytes_per_model / 2**20:.2f} MiB each: needs {self.disk_bytes / GIB:.2f} GiB of disk; "
+                f"{_size(self.bytes_per_model)} each: needs {_size(self.disk_bytes)} of disk; "
                 f"time on {self.device} ~{_duration(self.hours * 3600)} ({parts})")
+
+
+def _size(n: float) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 2**20:.1f} MiB"
 
 
 def _duration(seconds: float) -> str:
@@ -177,7 +181,7 @@ def shortfalls(params: Params, root: Path, est: Estimate) -> list[str]:
     free = shutil.disk_usage(root).free
     margin = params.resources.disk_margin_gib
     if est.disk_bytes + margin * GIB > free:
-        out.append(f"only {free / GIB:.2f} GiB free under {root} (keeping resources.disk_margin_gib {margin:g}); "
+        out.append(f"only {_size(free)} free under {root} (keeping resources.disk_margin_gib {margin:g}); "
                    "free disk or lower zoo.pools / zoo.depth")
     limit = params.resources.max_hours
     # The time is one machine's; a Ray cluster divides it by its size, unknown here.
