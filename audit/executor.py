@@ -55,7 +55,8 @@ def run_tasks(fn: Callable, tasks: Sequence[Task], on_result: Callable[[Task, ob
     driver as soon as it arrives (completion order, not submission order)."""
     if not tasks:
         return
-    with tqdm(total=len(tasks), desc=desc, unit=unit) as bar:
+    # disable=None: a bar on a terminal, none in logs and pipes.
+    with tqdm(total=len(tasks), desc=desc, unit=unit, disable=None) as bar:
         def done(task, result):
             on_result(task, result)
             bar.update()

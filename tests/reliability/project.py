@@ -66,29 +66,63 @@ def stage_cmd(root: Path, name: str, *args: str) -> list[str]:
     return [sys.executable, str(root / "stages" / f"{name}.py"), "--root", str(root), *args]
 
 
-def run_stage(root: Path, name: str, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    out = subprocess.run(stage_cmd(root, name, *args), cwd=root, env=_env(), capture_output=True, text=True,
-                         timeout=timeout)
+def run_stage(root: Path, name: str, *args: str, check: bool = True, timeout: float = 600,
+              env: dict | None = None) -> subprocess.CompletedProcess:
+    out = subprocess.run(stage_cmd(root, name, *args), cwd=root, env={**_env(), **(env or {})}, capture_output=True,
+                         text=True, timeout=timeout)
     if check and out.returncode:
         raise AssertionError(f"stage {name} {args} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
     return out
 
 
-def run_pipeline(root: Path, methods=("hierarchical", "mergemany", "naive"), until: str = "report") -> None:
+def stage_here(root: Path, name: str, *args: str) -> tuple[int, str, str]:
+    """Run a stage's entry point in this process, as its script would: (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from audit import pipeline, tracking
+
+    run = {"data": pipeline.run_data, "train": pipeline.run_train, "merge": pipeline.run_merge,
+           "evaluate": pipeline.run_evaluate, "claims": pipeline.run_audit, "report": pipeline.run_report}[name]
+    out, err = io.StringIO(), io.StringIO()
+    tracking._FAILURES.clear()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            pipeline.stage_main(run, ["--root", str(root), *args])
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def run_here(root: Path, name: str, *args: str, check: bool = False) -> subprocess.CompletedProcess:
+    """`stage_here` with `run_stage`'s result type."""
+    code, out, err = stage_here(root, name, *args)
+    if check and code:
+        raise AssertionError(f"stage {name} {args} failed ({code}):\n{out}\n{err}")
+    return subprocess.CompletedProcess([name, *args], code, out, err)
+
+
+def run_pipeline(root: Path, methods=("hierarchical", "mergemany", "naive"), until: str = "report",
+                 env: dict | None = None, here: bool = False) -> None:
+    """The stages in order up to ``until``: as subprocesses, or in this process (``here``)."""
+    def one(*args):
+        return run_here(root, *args, check=True) if here else run_stage(root, *args, env=env)
+
     for name in STAGES:
         if name == "merge":
             for m in methods:
-                run_stage(root, "merge", "--method", m)
+                one("merge", "--method", m)
         else:
-            run_stage(root, name)
+            one(name)
         if name == until:
             return
 
 
-def interrupt_when(root: Path, name: str, args: tuple, ready, sig: int, timeout: float = 300):
+def interrupt_when(root: Path, name: str, args: tuple, ready, sig: int, timeout: float = 300, env: dict | None = None):
     """Start a stage, wait until ``ready()`` is true (polling), send ``sig``; return (rc, stderr,
     what ``ready`` returned at the kill). Fails if the stage finished before it could be interrupted."""
-    proc = subprocess.Popen(stage_cmd(root, name, *args), cwd=root, env=_env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(stage_cmd(root, name, *args), cwd=root, env={**_env(), **(env or {})}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
     try:

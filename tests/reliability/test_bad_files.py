@@ -13,7 +13,7 @@ from audit.merge import hierarchical_merge
 from audit.rebasin import mlp_permutation_spec
 from audit.storage import ModelStore, StorageError, load_params, save_params
 from audit.zoo import init_params
-from tests.reliability.project import make_project, run_pipeline, run_stage
+from tests.reliability.project import make_project, run_here, run_pipeline, run_stage
 
 POOL = "models/zoo/pool-0"
 
@@ -22,7 +22,7 @@ POOL = "models/zoo/pool-0"
 def trained(tmp_path_factory):
     """A project after data, train and merge (naive), kept pristine; tests work on copies."""
     root = make_project(tmp_path_factory.mktemp("trained"), {"merge": {"methods": ["naive"]}})
-    run_pipeline(root, methods=["naive"], until="merge")
+    run_pipeline(root, methods=["naive"], until="merge", here=True)
     return root
 
 
@@ -56,26 +56,26 @@ def test_tampered_model_file_is_named(copy):
     data[-5] ^= 0xFF  # one weight byte: still a valid safetensors file, different numbers
     path.write_bytes(bytes(data))
     assert load_params(path)  # readable...
-    line = one_line_error(run_stage(copy, "evaluate", check=False), str(path))
+    line = one_line_error(run_here(copy, "evaluate"), str(path))
     assert "sha256 does not match the manifest" in line  # ...but not what the manifest vouches for
 
 
 def test_manifest_listing_a_missing_file_is_named(copy):
     path = copy / POOL / "model-000003.safetensors"
     path.unlink()
-    one_line_error(run_stage(copy, "evaluate", check=False), f"{path}: listed in")
+    one_line_error(run_here(copy, "evaluate"), f"{path}: listed in")
 
 
 def test_model_file_not_in_the_manifest_is_named(copy):
     stray = copy / POOL / "model-000099.safetensors"
     shutil.copy(copy / POOL / "model-000000.safetensors", stray)
-    one_line_error(run_stage(copy, "merge", "--method", "naive", check=False), f"{stray}: not listed in")
+    one_line_error(run_here(copy, "merge", "--method", "naive"), f"{stray}: not listed in")
 
 
 def test_unreadable_manifest_is_named(copy):
     manifest = copy / POOL / "manifest.json"
     manifest.write_text(manifest.read_text()[:50])
-    one_line_error(run_stage(copy, "evaluate", check=False), f"{manifest}: unreadable manifest")
+    one_line_error(run_here(copy, "evaluate"), f"{manifest}: unreadable manifest")
 
 
 def test_model_of_another_architecture_in_a_zoo_is_named(copy):
@@ -88,7 +88,7 @@ def test_model_of_another_architecture_in_a_zoo_is_named(copy):
     (copy / POOL / "manifest.json").write_text(json.dumps(manifest))
     merged = sorted((copy / "models/merged/naive").iterdir())
     for args in (("evaluate",), ("merge", "--method", "naive")):
-        one_line_error(run_stage(copy, *args, check=False), f"{path}: architecture {{'in_features': 64, 'widths': [16]")
+        one_line_error(run_here(copy, *args), f"{path}: architecture {{'in_features': 64, 'widths': [16]")
     assert sorted((copy / "models/merged/naive").iterdir()) == merged  # refused before anything was touched
     store = ModelStore(copy / POOL, manifest["zoo"])
     with pytest.raises(StorageError, match="model-000001.safetensors: architecture"):
@@ -120,7 +120,7 @@ def test_empty_results_table_is_named(tmp_path, content):
         assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
         lines = res.output.strip().splitlines()
         assert len(lines) == 1 and str(table) in lines[0], res.output
-    one_line_error(run_stage(root, "claims", check=False), str(table))
+    one_line_error(run_here(root, "claims"), str(table))
 
 
 def test_missing_results_table_is_named(tmp_path):
@@ -128,14 +128,14 @@ def test_missing_results_table_is_named(tmp_path):
     res = CliRunner().invoke(main, ["claims", "--params", str(root / "params.yaml")])
     assert res.exit_code == 1
     assert res.output.strip() == f"Error: {root / 'results/evaluation.csv'}: no evaluated results yet; run the pipeline first (make repro or dvc repro)"
-    one_line_error(run_stage(root, "report", check=False), str(root / "results/evaluation.csv"))
+    one_line_error(run_here(root, "report"), str(root / "results/evaluation.csv"))
 
 
 def test_missing_earlier_stage_is_named(tmp_path):
     root = make_project(tmp_path / "p")
-    one_line_error(run_stage(root, "train", check=False), str(root / "results/data.json"))
-    run_stage(root, "data")
-    one_line_error(run_stage(root, "merge", "--method", "naive", check=False), str(root / POOL))
+    one_line_error(run_here(root, "train"), str(root / "results/data.json"))
+    run_here(root, "data")
+    one_line_error(run_here(root, "merge", "--method", "naive"), str(root / POOL))
 
 
 def test_torch_tensors_survive_a_store_round_trip_exactly(tmp_path):

@@ -13,13 +13,13 @@ from audit.config import load_params
 from audit.pipeline import merge_jobs
 from audit.resources import GIB, Shape, estimate, model_counts, parameter_count
 from tests.conftest import REPO
-from tests.reliability.project import make_project, run_stage
+from tests.reliability.project import make_project, run_here, run_stage
 
 
 def test_counts_and_bytes_match_what_the_pipeline_writes(tmp_path):
     root = make_project(tmp_path / "p", {"merge": {"methods": ["naive"]}})
-    run_stage(root, "data")
-    run_stage(root, "train")
+    run_here(root, "data", check=True)
+    run_here(root, "train", check=True)
     params = load_params(root / "params.yaml")
     counts = model_counts(params)
     assert counts == {"base": 4, "regularized": 0, "merged": len(merge_jobs(params, "naive"))}
@@ -53,7 +53,7 @@ def test_train_stage_refuses_before_training_when_the_disk_is_too_small(tmp_path
     from audit import pipeline, resources
 
     root = make_project(tmp_path / "p")
-    run_stage(root, "data")
+    run_here(root, "data", check=True)
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(resources.shutil, "disk_usage", lambda p: usage(GIB, GIB, 10 * 2**20))
     params = load_params(root / "params.yaml")
@@ -64,7 +64,7 @@ def test_train_stage_refuses_before_training_when_the_disk_is_too_small(tmp_path
 
 def test_train_stage_refuses_an_experiment_over_the_time_limit(tmp_path):
     root = make_project(tmp_path / "p", {"resources": {"max_hours": 1e-6}})
-    run_stage(root, "data")
+    run_here(root, "data", check=True)
     out = run_stage(root, "train", check=False)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     lines = out.stderr.strip().splitlines()

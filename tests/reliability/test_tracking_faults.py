@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from audit import tracking
 from audit.config import TrackingParams
 from audit.tracking import Tracker
-from tests.reliability.project import make_project, run_stage, snapshot, write_params
+from tests.reliability.project import make_project, run_here, run_stage, snapshot, write_params
 
 CLOSED_PORT = "http://127.0.0.1:9"  # the discard port: nothing listens on it here
 
@@ -27,8 +27,8 @@ def mlflow_runs(db, stage=None):
 
 def test_unreachable_server_keeps_results_and_the_rerun_logs_them(tmp_path):
     root = make_project(tmp_path / "p", {"tracking": {"enabled": True, "uri": CLOSED_PORT}})
-    for stage in ("data", "train"):
-        out = run_stage(root, stage, check=False)
+    for stage in ("data", "train"):  # in this process, then as DVC would start it
+        out = run_here(root, stage) if stage == "data" else run_stage(root, stage, check=False)
         assert out.returncode == 1 and "Traceback" not in out.stderr
         last = out.stderr.strip().splitlines()[-1]
         assert last.startswith(f"error: results are saved, but MLflow logging failed: {CLOSED_PORT}: ConnectionError")
@@ -39,7 +39,7 @@ def test_unreachable_server_keeps_results_and_the_rerun_logs_them(tmp_path):
 
     db = root / "mlflow.db"
     write_params(root, {"tracking": {"enabled": True, "uri": f"sqlite:///{db}"}})
-    run_stage(root, "train")  # the store is back: nothing is retrained, every run is logged
+    run_here(root, "train", check=True)  # the store is back: nothing is retrained, every run is logged
     assert {k: v for k, v in snapshot(root, ("models",)).items() if k.endswith(".safetensors")} == \
         {k: v for k, v in models.items() if k.endswith(".safetensors")}
     parents, children = mlflow_runs(db, "train")
@@ -50,12 +50,12 @@ def test_locked_store_keeps_results_and_the_rerun_logs_them(tmp_path):
     db = tmp_path / "p" / "mlflow.db"
     root = make_project(tmp_path / "p", {"tracking": {"enabled": True, "uri": f"sqlite:///{db}"},
                                          "merge": {"methods": ["naive"]}})
-    run_stage(root, "data")
-    run_stage(root, "train")
+    run_here(root, "data", check=True)
+    run_here(root, "train", check=True)
     lock = sqlite3.connect(db, isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")  # another process holds the store (a long write, a stuck UI)
     try:
-        out = run_stage(root, "merge", "--method", "naive", check=False)
+        out = run_stage(root, "merge", "--method", "naive", check=False)  # as DVC starts it
     finally:
         lock.execute("ROLLBACK")
         lock.close()
@@ -64,7 +64,7 @@ def test_locked_store_keeps_results_and_the_rerun_logs_them(tmp_path):
     merged = {k: v for k, v in snapshot(root, ("models/merged",)).items() if k.endswith(".safetensors")}
     assert len(merged) == 3  # 2 pairs and the group of 4, on disk despite the fault
 
-    run_stage(root, "merge", "--method", "naive")
+    run_here(root, "merge", "--method", "naive", check=True)
     assert {k: v for k, v in snapshot(root, ("models/merged",)).items() if k.endswith(".safetensors")} == merged
     parents, children = mlflow_runs(db, "merge-naive")
     assert len(parents) == 1 and len(children) == 3
