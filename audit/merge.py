@@ -110,7 +110,7 @@ def merge_many(params_list: Sequence[Mapping[str, Tensor]], spec: PermutationSpe
             sweeps += match.sweeps
             solves += match.solves
             seeds.append(s)
-            if any(not torch.equal(perm, torch.arange(perm.numel())) for perm in match.perms.values()):
+            if any(not torch.equal(perm, torch.arange(perm.numel(), device=perm.device)) for perm in match.perms.values()):
                 current[i] = apply_permutation(spec, match.perms, current[i])
                 changed.append(names[i])
         history.append({"order": [names[i] for i in order], "seeds": seeds, "changed": changed,

@@ -41,7 +41,7 @@ from .merge import hierarchical_merge, merge_many, naive_merge
 from .metrics import barriers, evaluate
 from .rebasin import mlp_permutation_spec
 from .resources import ResourceError
-from .storage import ModelStore, StorageError, atomic_write_bytes, atomic_write_json, digest, read_manifest, sha256_file
+from .storage import ModelStore, StorageError, atomic_write_bytes, atomic_write_json, digest, read_manifest, remove_temporaries, sha256_file
 from .tracking import Tracker
 from .zoo import resolve_widths, train_zoo
 
@@ -235,9 +235,14 @@ def _run_merge_job(job: MergeJob, files: list[str], shas: list[str], merge: dict
     """One merge as an executor task: load the members (sha256-verified), merge, return the result."""
     from .storage import load_params
 
+    from .zoo import resolve_device
+
     torch.set_num_threads(threads)
     t = time.perf_counter()
-    models = [load_params(Path(f), sha) for f, sha in zip(files, shas)]
+    # On a GPU the similarity matrices of weight matching are computed there (float64); the
+    # assignment itself is solved on the CPU (see audit.rebasin.weight_matching).
+    dev = resolve_device(merge["device"])
+    models = [{k: v.to(dev) for k, v in load_params(Path(f), sha).items()} for f, sha in zip(files, shas)]
     names = [f"s{s}" for s in job.members]
     spec = mlp_permutation_spec(models[0])  # the stores checked that every member is the zoo's MLP
     if job.method == "naive":
@@ -248,7 +253,7 @@ def _run_merge_job(job: MergeJob, files: list[str], shas: list[str], merge: dict
     else:
         res = hierarchical_merge(models, spec, seed=job.seed, lam=merge["lam"], pairing=merge["pairing"],
                                  permute=job.side, max_iter=merge["max_iter"], names=names)
-    return res.params, res.provenance, time.perf_counter() - t
+    return {k: v.cpu() for k, v in res.params.items()}, res.provenance, time.perf_counter() - t
 
 
 
@@ -269,7 +274,7 @@ def run_merge(params: Params, root: Path, method: str) -> dict:
     todo.sort(key=lambda j: -len(j.members))
     ex = executor_config(params, params.merge.workers)
     merge_cfg = {"max_iter": params.merge.max_iter, "mergemany_max_iter": params.merge.mergemany_max_iter,
-                 "lam": params.merge.lam, "pairing": params.merge.pairing}
+                 "lam": params.merge.lam, "pairing": params.merge.pairing, "device": params.zoo.device}
     summary = {"jobs": len(jobs), "reused": len(jobs) - len(todo), "workers": ex.workers}
     t0 = time.perf_counter()
     with _tracker(params, root, f"merge-{method}") as tr:
@@ -439,6 +444,7 @@ def _evaluate_all(params: Params, root: Path, data: Dataset, files: dict, x, y, 
     in the catalog, so a model is always evaluated beside the same others (identical floats).
     """
     cache = root / EVAL_CACHE
+    remove_temporaries(cache)
     code = digest([sha256_file(Path(__file__).parent / name) for name in _EVAL_CODE])
     common_key = {"eval": to_dict(params.eval.metrics), "data": data.fingerprint, "n": len(y), "device": device,
                   "code": code}
@@ -458,6 +464,8 @@ def _evaluate_all(params: Params, root: Path, data: Dataset, files: dict, x, y, 
 
     def record(task: Task, table: pd.DataFrame):
         for mid, rows in table.groupby("model", sort=False):
+            if mid in found:  # a chunk redone for another member: the file on disk stays as it is
+                continue
             rows = rows.drop(columns="model")
             _write_csv(cached[mid], rows)
             found[mid] = rows

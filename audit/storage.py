@@ -67,6 +67,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def remove_temporaries(directory: Path) -> None:
+    """Delete the temporaries of `atomic_write_bytes` a killed writer left: never read, never kept."""
+    for tmp in Path(directory).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
@@ -156,8 +162,7 @@ class ModelStore:
             self._write()
         else:
             self.manifest = existing
-        for tmp in self.dir.glob(".*.tmp"):  # left by a killed writer; never read, never kept
-            tmp.unlink(missing_ok=True)
+        remove_temporaries(self.dir)
 
     def _differing_key(self, old: Mapping, new: Mapping) -> str | None:
         for key in sorted(set(old) | set(new)):
@@ -166,11 +171,9 @@ class ModelStore:
         return None
 
     def _clear(self, manifest: Mapping) -> None:
-        # Only files this store wrote (named in its manifest, or our temporaries): never a stranger's.
+        # Only the files its manifest names: never a stranger's.
         for entry in manifest["models"].values():
             (self.dir / entry["file"]).unlink(missing_ok=True)
-        for tmp in self.dir.glob(".*.tmp"):
-            tmp.unlink()
         (self.dir / MANIFEST).unlink()
 
     def _write(self) -> None:

@@ -12,7 +12,7 @@ import torchvision.datasets as tvd
 
 from audit.data import DataError, load_dataset, read_idx
 
-from conftest import MNIST_T10K
+from tests.conftest import MNIST_T10K
 
 
 def write_idx(path, array: np.ndarray, compress=False):
