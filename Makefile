@@ -36,4 +36,4 @@ ui: setup
 
 bench: setup
 	cd benchmarks && $(UV) run --frozen python rebasin.py && $(UV) run --frozen python zoo.py && \
-		$(UV) run --frozen python evaluate.py
+		$(UV) run --frozen python evaluate.py && $(UV) run --frozen python zoo_scale.py
