@@ -39,22 +39,30 @@ def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Tensor:
     return (x + eps * fgsm_direction(model, x, y)).clamp(0.0, 1.0).detach()
 
 
+def pgd_noise(shape, seed: int) -> Tensor:
+    """PGD's random start directions, uniform in [-1, 1] (scaled by eps), from ``seed`` on the CPU."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.rand(shape, generator=g) * 2 - 1
+
+
 def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, steps: int = 10, step_size: float | None = None,
-        seed: int = 0, early_stop: bool = False) -> Tensor:
-    """L-inf PGD: uniform random start in the eps-ball (seeded), ``steps`` signed-gradient steps of
-    ``step_size`` (default 2.5 * eps / steps, Madry et al.), each projected onto the ball and [0, 1].
+        seed: int = 0, early_stop: bool = False, noise: Tensor | None = None, compact: bool = True) -> Tensor:
+    """L-inf PGD: uniform random start in the eps-ball (``noise``, else drawn from ``seed``),
+    ``steps`` signed-gradient steps of ``step_size`` (default 2.5 * eps / steps, Madry et al.),
+    each projected onto the ball and [0, 1].
 
     With ``early_stop`` a sample is frozen at the first iterate (the random start included) that
-    is misclassified, so the returned input is adversarial whenever any iterate was; frozen
-    samples also cost no further gradients.
+    is misclassified, so the returned input is adversarial whenever any iterate was. Frozen samples
+    are dropped from the batch (``compact``) or, for a model whose batch must keep its shape (the
+    stacked models of `audit.metrics`), kept in it and masked: the result is the same.
     """
     if eps == 0:
         return x.clone()
     alpha = 2.5 * eps / steps if step_size is None else step_size
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    noise = (torch.rand(x.shape, generator=g) * 2 - 1).to(x.device, x.dtype)
-    adv = (x + eps * noise).clamp(0.0, 1.0)
+    noise = pgd_noise(x.shape, seed) if noise is None else noise
+    adv = (x + eps * noise.to(x.device, x.dtype)).clamp(0.0, 1.0)
     active = torch.arange(len(x), device=x.device)
+    frozen = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     for _ in range(steps):
         leaf = adv[active].requires_grad_(True)
         logits = model(leaf)
@@ -62,11 +70,17 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, steps: int = 10, 
         (grad,) = torch.autograd.grad(loss, leaf)
         if early_stop:  # samples misclassified at this iterate stay there
             keep = logits.argmax(1) == y[active]
-            active, grad = active[keep], grad[keep]
-            if len(active) == 0:
-                break
+            if compact:
+                active, grad = active[keep], grad[keep]
+                if len(active) == 0:
+                    break
+            else:
+                frozen |= ~keep
+                if frozen.all():
+                    break
         x0 = x[active]
-        adv[active] = torch.min(torch.max(adv[active] + alpha * grad.sign(), x0 - eps), x0 + eps).clamp(0.0, 1.0)
+        step = torch.min(torch.max(adv[active] + alpha * grad.sign(), x0 - eps), x0 + eps).clamp(0.0, 1.0)
+        adv[active] = torch.where(frozen.view(-1, *[1] * (x.dim() - 1)), adv[active], step) if not compact else step
     return adv.detach()
 
 

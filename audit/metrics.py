@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attacks import deepfool, fgsm_direction, pgd
+from .attacks import deepfool, fgsm_direction, pgd, pgd_noise
 from .models import MLP, layer_names, stack_params, stacked_forward
 from .rebasin import PermutationSpec, apply_permutation, interpolate, mlp_permutation_spec, weight_matching
 
@@ -303,14 +303,67 @@ def pgd_metrics(model: MLP, x: Tensor, y: Tensor, eps_grid: Iterable[float], *, 
     """(metric, eps, value) rows: PGD robust accuracy and success rate; only correct samples are attacked."""
     correct = _correct(model, x, y, batch_size) if correct is None else correct
     idx = correct.nonzero().squeeze(1)
+    noise = pgd_noise(x.shape, seed)  # one start per sample, whichever samples are attacked
     rows = []
     for eps in eps_grid:
         still = torch.zeros_like(correct)
         for chunk in idx.split(batch_size):
-            adv = pgd(model, x[chunk], y[chunk], eps, steps=steps, seed=seed, early_stop=True)
+            adv = pgd(model, x[chunk], y[chunk], eps, steps=steps, early_stop=True, noise=noise[chunk.cpu()])
             still[chunk] = _correct(model, adv, y[chunk], batch_size)
         rows += _robust_rows("pgd", eps, still, correct)
     return rows
+
+
+class StackedMLP(nn.Module):
+    """K MLPs of one architecture as one module over a model-major batch: rows j*n .. (j+1)*n - 1 of
+    an input of K*n rows go to model j. The attacks, written for one model and independent samples,
+    then attack K models in one pass per step (each row's gradient is its own model's), which is
+    what fills a GPU; on a CPU it is no faster than one model at a time."""
+
+    def __init__(self, params_list: Sequence[Params]):
+        super().__init__()
+        self.stacked = {k: v.detach() for k, v in stack_params(params_list).items()}
+        self.k = len(params_list)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.flatten(1).view(self.k, len(x) // self.k, -1)
+        return stacked_forward(self.stacked, h, per_model=True).flatten(0, 1)
+
+
+def stacked_attack_metrics(params_list: Sequence[Params], x: Tensor, y: Tensor, correct: Tensor, cfg: "EvalConfig"
+                           ) -> list[list[tuple[str, float, float]]]:
+    """FGSM and PGD rows for K models at once (see `StackedMLP`), the same quantities as
+    `fgsm_metrics` and `pgd_metrics`: FGSM's direction is per sample, PGD starts every sample from
+    the same seeded point and attacks all of them, counting only the correct ones."""
+    model = StackedMLP(params_list)
+    k, n = len(params_list), len(y)
+    noise = pgd_noise(x.shape, cfg.seed)
+    fgsm_still = {eps: [] for eps in cfg.fgsm_eps}
+    pgd_still = {eps: [] for eps in cfg.pgd_eps}
+    step = max(1, cfg.batch_size // k)  # samples per pass: K copies of each
+    for start in range(0, n, step):
+        xs, ys = x[start:start + step], y[start:start + step]
+        m = len(ys)
+        rep = xs.repeat(k, *[1] * (xs.dim() - 1))  # model-major: K copies of the chunk
+        yrep = ys.repeat(k)
+        direction = fgsm_direction(model, rep, yrep)
+        for eps in cfg.fgsm_eps:
+            with torch.no_grad():
+                fgsm_still[eps].append((model((rep + eps * direction).clamp(0.0, 1.0)).argmax(1) == yrep).view(k, m))
+        nrep = noise[start:start + step].repeat(k, *[1] * (xs.dim() - 1))
+        for eps in cfg.pgd_eps:
+            adv = pgd(model, rep, yrep, eps, steps=cfg.pgd_steps, early_stop=True, noise=nrep, compact=False)
+            with torch.no_grad():
+                pgd_still[eps].append((model(adv).argmax(1) == yrep).view(k, m))
+    out = []
+    for j in range(k):
+        rows = []
+        for eps in cfg.fgsm_eps:
+            rows += _robust_rows("fgsm", eps, correct[j] & torch.cat([c[j] for c in fgsm_still[eps]]), correct[j])
+        for eps in cfg.pgd_eps:
+            rows += _robust_rows("pgd", eps, correct[j] & torch.cat([c[j] for c in pgd_still[eps]]), correct[j])
+        out.append(rows)
+    return out
 
 
 def deepfool_metrics(model: MLP, x: Tensor, y: Tensor, eps_grid: Iterable[float], *, n_classes: int,
@@ -342,35 +395,51 @@ def _robust_rows(attack: str, eps: float, still: Tensor, correct: Tensor) -> lis
 
 
 def evaluate(models: Mapping[str, Params] | Sequence[Params], x: Tensor, y: Tensor, cfg: EvalConfig = EvalConfig(),
-             *, device: torch.device | str = "cpu", progress: bool = False) -> pd.DataFrame:
+             *, device: torch.device | str = "cpu", progress: bool = False,
+             stack_attacks: bool | None = None) -> pd.DataFrame:
     """Every metric of the module docstring for every model, as a tidy table.
 
     ``models``: {model id: state dict} (or a list; ids are then "0", "1", ...). Returns a DataFrame
-    with columns model, metric, eps (NaN where a metric has none), value. Models run one at a time
-    (attacks dominate the cost); `clean_metrics` stacks many models per pass where only clean
-    accuracy is needed (barrier curves).
+    with columns model, metric, eps (NaN where a metric has none), value. DeepFool and the bounds run
+    one model at a time; FGSM and PGD run for all models of one architecture at once with
+    ``stack_attacks`` (default: on CUDA, where one model does not fill the device).
     """
     if not isinstance(models, Mapping):
         models = {str(i): p for i, p in enumerate(models)}
     if not models:
         raise ValueError("no models to evaluate")
     device = torch.device(device)
+    stack_attacks = device.type == "cuda" if stack_attacks is None else stack_attacks
     x, y = x.to(device), y.to(device)
-    rows = []
-    iterator = list(models)
+    ids = list(models)
+    iterator = ids
     if progress:
         from tqdm.auto import tqdm
-        iterator = tqdm(iterator, desc="evaluate", unit="model")
+        iterator = tqdm(ids, desc="evaluate", unit="model")
+    loaded = {mid: {k: v.to(device) for k, v in models[mid].items()} for mid in ids} if stack_attacks else None
+    corrects, stacked_rows = {}, {}
+    if stack_attacks:
+        for group in _same_architecture(loaded):
+            for mid in group:
+                model = MLP.from_state_dict(loaded[mid]).to(device).eval()
+                corrects[mid] = clean_predictions(model, x, y, cfg.batch_size)
+            rows = stacked_attack_metrics([loaded[mid] for mid in group], x, y,
+                                          torch.stack([corrects[mid][0] for mid in group]), cfg)
+            stacked_rows.update(zip(group, rows))
+    rows = []
     for mid in iterator:
-        params = models[mid]
+        params = loaded[mid] if loaded is not None else models[mid]
         model = MLP.from_state_dict(params).to(device).eval()
         for p in model.parameters():
             p.requires_grad_(False)  # attacks need input gradients only
-        correct, loss = clean_predictions(model, x, y, cfg.batch_size)
+        correct, loss = corrects[mid] if mid in corrects else clean_predictions(model, x, y, cfg.batch_size)
         found = [("clean_accuracy", np.nan, float(correct.double().mean())), ("clean_loss", np.nan, loss)]
-        found += fgsm_metrics(model, x, y, cfg.fgsm_eps, correct=correct, batch_size=cfg.batch_size)
-        found += pgd_metrics(model, x, y, cfg.pgd_eps, steps=cfg.pgd_steps, seed=cfg.seed, correct=correct,
-                             batch_size=cfg.batch_size)
+        if mid in stacked_rows:
+            found += stacked_rows[mid]
+        else:
+            found += fgsm_metrics(model, x, y, cfg.fgsm_eps, correct=correct, batch_size=cfg.batch_size)
+            found += pgd_metrics(model, x, y, cfg.pgd_eps, steps=cfg.pgd_steps, seed=cfg.seed, correct=correct,
+                                 batch_size=cfg.batch_size)
         found += deepfool_metrics(model, x, y, cfg.deepfool_eps, n_classes=model.n_classes,
                                   overshoot=cfg.deepfool_overshoot, max_iter=cfg.deepfool_max_iter,
                                   correct=correct, batch_size=cfg.batch_size)
@@ -382,3 +451,11 @@ def evaluate(models: Mapping[str, Params] | Sequence[Params], x: Tensor, y: Tens
             found.append(("lipschitz_local_max", cfg.lipschitz_radius, float(local.max())))
         rows += [(mid, *r) for r in found]
     return pd.DataFrame(rows, columns=METRIC_COLUMNS)
+
+
+def _same_architecture(models: Mapping[str, Params]) -> list[list[str]]:
+    """Model ids grouped by architecture (tensor shapes), in first-seen order."""
+    groups: dict[tuple, list[str]] = {}
+    for mid, params in models.items():
+        groups.setdefault(tuple((k, tuple(v.shape)) for k, v in sorted(params.items())), []).append(mid)
+    return list(groups.values())

@@ -432,7 +432,9 @@ def _evaluate_chunk(items: list[tuple[str, str, str]], x, y, cfg, device: str, t
 
 # Evaluation code whose change must invalidate cached per-model results.
 _EVAL_CODE = ("metrics.py", "attacks.py", "models.py")
-_CHUNK = 4  # models per evaluation task: small tasks balance the load and show progress
+# Models per evaluation task: on CPU small tasks balance the load over processes; on a GPU a task's
+# models are attacked together (`audit.metrics.StackedMLP`), so it takes more of them.
+_CHUNK = {"cpu": 4, "cuda": 32}
 
 
 def _evaluate_all(params: Params, root: Path, data: Dataset, files: dict, x, y, device: str) -> pd.DataFrame:
@@ -459,7 +461,8 @@ def _evaluate_all(params: Params, root: Path, data: Dataset, files: dict, x, y, 
                 continue  # an unreadable cache entry is only evaluated again
             if list(rows.columns) == ["metric", "eps", "value"]:
                 found[mid] = rows
-    chunks = [items[i:i + _CHUNK] for i in range(0, len(items), _CHUNK)]
+    size = _CHUNK["cuda" if device == "cuda" else "cpu"]
+    chunks = [items[i:i + size] for i in range(0, len(items), size)]
     tasks = [Task(f"evaluate {c[0][0]} (+{len(c) - 1})", (c,)) for c in chunks if any(m not in found for m, _, _ in c)]
 
     def record(task: Task, table: pd.DataFrame):

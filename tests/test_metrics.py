@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -209,3 +210,19 @@ def test_eval_config_rejects_impossible_values():
         EvalConfig(pgd_steps=0)
     with pytest.raises(ValueError, match="deepfool_eps"):
         EvalConfig(deepfool_eps=(-1.0,))
+
+
+def test_stacked_attacks_equal_one_model_at_a_time(real_data):
+    """FGSM and PGD on K stacked models (the GPU path) give the per-model numbers, also when the
+    samples are split into several passes."""
+    from audit.zoo import TrainConfig, train_batched
+
+    models = {f"m{m.seed}": m.params for m in train_batched(real_data, (64, 32), TrainConfig(epochs=2), [0, 1, 2])}
+    cfg = EvalConfig(fgsm_eps=(0.0, 0.02, 0.1), pgd_eps=(0.02, 0.05), pgd_steps=5, deepfool_eps=(0.5,),
+                     lipschitz_points=1, batch_size=100)
+    x, y = real_data.x_test[:250], real_data.y_test[:250]
+    one = evaluate(models, x, y, cfg, stack_attacks=False)
+    stacked = evaluate(models, x, y, cfg, stack_attacks=True)
+    pd.testing.assert_frame_equal(one, stacked)
+    attacked = one[one.metric.str.startswith(("fgsm_robust", "pgd_robust")) & (one.eps > 0)]
+    assert (attacked.value < one[one.metric == "clean_accuracy"].value.max()).all()  # the attacks did something
