@@ -1,4 +1,5 @@
-"""Shared benchmark inputs: the MNIST t10k split and a cache of models trained on it."""
+"""Shared benchmark pieces: the MNIST t10k split, a cache of models trained on it, and the
+device's fp32 matmul throughput (the reference the throughput figures are divided by)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from audit.data import load_dataset
@@ -39,3 +41,27 @@ def trained_models(data, n: int, widths=(512, 512, 512), epochs: int = 3) -> lis
             save_file(m.params, str(paths[m.seed]))
         print(f"(trained {len(missing)} models for the cache in {time.perf_counter() - t:.1f} s)")
     return [load_file(str(p)) for p in paths]
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_gflops(device, n: int = 2048, reps: int = 10) -> float:
+    """fp32 GEMM throughput of an n^3 product on ``device``, GFLOP/s."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def flops_per_sample(dims: list[int]) -> float:
+    """Training FLOPs per sample of an MLP with layer sizes ``dims``: forward 2*in*out per layer;
+    backward: weight gradients 2*in*out each, input gradients for every layer but the first."""
+    macs = [a * b for a, b in zip(dims[:-1], dims[1:])]
+    return 2 * sum(macs) + 2 * sum(macs) + 2 * sum(macs[1:])

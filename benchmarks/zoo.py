@@ -20,31 +20,10 @@ import torch
 
 from audit.data import from_arrays
 from audit.zoo import TrainConfig, resolve_device, train_batched, train_loop
+from common import flops_per_sample, peak_gflops, sync
 
 WIDTHS = (512, 512, 512)
 BATCH = 128
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def flops_per_sample(dims: list[int]) -> float:
-    """fwd 2*in*out per layer; bwd: weight grads 2*in*out each, input grads for all but layer 1."""
-    macs = [a * b for a, b in zip(dims[:-1], dims[1:])]
-    return 2 * sum(macs) + 2 * sum(macs) + 2 * sum(macs[1:])
-
-
-def peak_gflops(device, n=2048, reps=10) -> float:
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    a @ b
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
 def shape_bound_gflops(dims, device, reps=50) -> float:

@@ -23,31 +23,9 @@ import torch
 from audit.data import from_arrays
 from audit.models import PRESETS
 from audit.zoo import TrainConfig, resolve_device, train_batched
+from common import flops_per_sample, peak_gflops, sync
 
 PAPER_MODELS, PAPER_EPOCHS, CIFAR_TRAIN = 1600, 20, 50_000
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def peak_gflops(device, n=4096, reps=10) -> float:
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    a @ b
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
-
-
-def flops_per_sample(dims: list[int]) -> float:
-    """Forward 2*in*out per layer; backward: weight gradients 2*in*out, input gradients for all
-    layers but the first."""
-    macs = [a * b for a, b in zip(dims[:-1], dims[1:])]
-    return 2 * sum(macs) + 2 * sum(macs) + 2 * sum(macs[1:])
 
 
 def main() -> None:
@@ -68,7 +46,7 @@ def main() -> None:
     y = torch.randint(0, 10, (n + 100,), generator=g).numpy()
     data = from_arrays("synthetic-cifar10", x[:n], y[:n], x[n:], y[n:])
     name = torch.cuda.get_device_name(device) if gpu else f"cpu ({torch.get_num_threads()} threads)"
-    peak = peak_gflops(device)
+    peak = peak_gflops(device, n=4096)
     print(f"device {name}, torch {torch.__version__}; fp32 matmul {peak:.0f} GFLOP/s (4096^3)")
 
     def run(epochs: int) -> float:
