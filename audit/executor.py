@@ -50,13 +50,14 @@ class ExecutorConfig:
 
 
 def run_tasks(fn: Callable, tasks: Sequence[Task], on_result: Callable[[Task, object], None], *,
-              config: ExecutorConfig, common: tuple = (), desc: str = "", unit: str = "task") -> None:
+              config: ExecutorConfig, common: tuple = (), desc: str = "", unit: str = "task",
+              progress: bool = True) -> None:
     """Call ``fn(*task.args, *common)`` for every task and hand each result to ``on_result`` in the
     driver as soon as it arrives (completion order, not submission order)."""
     if not tasks:
         return
     # disable=None: a bar on a terminal, none in logs and pipes.
-    with tqdm(total=len(tasks), desc=desc, unit=unit, disable=None) as bar:
+    with tqdm(total=len(tasks), desc=desc, unit=unit, disable=None if progress else True) as bar:
         def done(task, result):
             on_result(task, result)
             bar.update()

@@ -309,5 +309,6 @@ def train_zoo(directory, data: Dataset, widths: Sequence[int], cfg: TrainConfig,
                       {"seed": m.seed, "metrics": m.metrics, "engine": m.engine, "device": m.device})
 
     run_tasks(train_shard, tasks, save, config=executor, common=(data, widths, cfg, device, engine, threads),
-              desc=f"zoo {Path(directory).name} ({len(seeds) - len(todo)}/{len(seeds)} done)", unit="pass")
+              desc=f"zoo {Path(directory).name} ({len(seeds) - len(todo)}/{len(seeds)} done)", unit="pass",
+              progress=progress)
     return store
