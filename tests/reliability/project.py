@@ -122,8 +122,11 @@ def run_pipeline(root: Path, methods=("hierarchical", "mergemany", "naive"), unt
 def interrupt_when(root: Path, name: str, args: tuple, ready, sig: int, timeout: float = 300, env: dict | None = None):
     """Start a stage, wait until ``ready()`` is true (polling), send ``sig``; return (rc, stderr,
     what ``ready`` returned at the kill). Fails if the stage finished before it could be interrupted."""
+    # Ctrl-C as at a terminal: a test run started in the background (nohup, CI, `make test &`)
+    # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler.
     proc = subprocess.Popen(stage_cmd(root, name, *args), cwd=root, env={**_env(), **(env or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + timeout
     try:
         while not (state := ready()):
