@@ -41,7 +41,8 @@ from .merge import hierarchical_merge, merge_many, naive_merge
 from .metrics import barriers, evaluate
 from .rebasin import mlp_permutation_spec
 from .resources import ResourceError
-from .storage import ModelStore, StorageError, atomic_write_bytes, atomic_write_json, digest, read_manifest, remove_temporaries, sha256_file
+from .storage import (ModelStore, StorageError, atomic_write_bytes, atomic_write_json, digest, read_manifest,
+                      remove_temporaries, sha256_file)
 from .tracking import Tracker
 from .zoo import resolve_widths, train_zoo
 
@@ -234,7 +235,6 @@ def merge_jobs(params: Params, method: str) -> list[MergeJob]:
 def _run_merge_job(job: MergeJob, files: list[str], shas: list[str], merge: dict, threads: int):
     """One merge as an executor task: load the members (sha256-verified), merge, return the result."""
     from .storage import load_params
-
     from .zoo import resolve_device
 
     torch.set_num_threads(threads)
@@ -254,7 +254,6 @@ def _run_merge_job(job: MergeJob, files: list[str], shas: list[str], merge: dict
         res = hierarchical_merge(models, spec, seed=job.seed, lam=merge["lam"], pairing=merge["pairing"],
                                  permute=job.side, max_iter=merge["max_iter"], names=names)
     return {k: v.cpu() for k, v in res.params.items()}, res.provenance, time.perf_counter() - t
-
 
 
 def run_merge(params: Params, root: Path, method: str) -> dict:
