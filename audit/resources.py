@@ -73,7 +73,7 @@ def _duration(seconds: float) -> str:
 
 
 def model_counts(params: Params) -> dict[str, int]:
-    from .pipeline import merge_jobs  # the pipeline's own job list: the counts cannot drift from it
+    from .pipeline import merge_jobs  # the pipeline's own job list (imported here: it imports this module)
 
     z = params.zoo
     merged = sum(len(merge_jobs(params, m)) for m in params.merge.methods)
@@ -140,13 +140,13 @@ def estimate(params: Params, shape: Shape, device: torch.device | None = None) -
     train = (counts["base"] + counts["regularized"]) * steps * c["step"]
     # Weight matching: a merge of 2^d models runs 2^d - 1 pair matchings (hierarchical) or up to
     # mergemany_max_iter passes of 2^d matchings (MergeMany); trained models take ~10 sweeps.
+    from .pipeline import merge_jobs  # imported here: the pipeline imports this module
+
     sweeps = min(m.max_iter, 10)
     pairs = 0.0
     for method in m.methods:
         if method == "naive":
             continue
-        from .pipeline import merge_jobs
-
         for job in merge_jobs(params, method):
             k = len(job.members)
             pairs += (k - 1) if method == "hierarchical" else k * m.mergemany_max_iter

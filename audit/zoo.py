@@ -160,7 +160,7 @@ def _penalty(tensors, cfg: TrainConfig) -> Tensor | float:
 
 
 def _fit(cfg: TrainConfig, trainable: list[Tensor], n_samples: int, epoch_batches: Callable[[], Iterable],
-         batch_loss: Callable[[object], Tensor], on_epoch: Callable[[], None] | None) -> None:
+         batch_loss: Callable[[object], Tensor]) -> None:
     """The optimization loop both engines share: loss + penalty, step, schedule, per epoch."""
     opt, sched = _optimizer(trainable, cfg, cfg.epochs * math.ceil(n_samples / cfg.batch_size))
     for _ in range(cfg.epochs):
@@ -171,8 +171,6 @@ def _fit(cfg: TrainConfig, trainable: list[Tensor], n_samples: int, epoch_batche
             opt.step()
             if sched:
                 sched.step()
-        if on_epoch:
-            on_epoch()
 
 
 @dataclass
@@ -199,7 +197,7 @@ def _final_metrics(params, data: Dataset, device) -> dict[str, float]:
 
 
 def train_loop(data: Dataset, widths: Sequence[int], cfg: TrainConfig, seed: int, *,
-               device: torch.device | str = "cpu", on_epoch: Callable[[], None] | None = None) -> TrainedModel:
+               device: torch.device | str = "cpu") -> TrainedModel:
     """Train one MLP with plain autograd. ``widths``: hidden widths or a preset name."""
     device, widths = torch.device(device), resolve_widths(widths)
     model = MLP(data.in_features, widths, data.n_classes, data.mean, data.std)
@@ -213,13 +211,13 @@ def train_loop(data: Dataset, widths: Sequence[int], cfg: TrainConfig, seed: int
         idx = idx.to(device)
         return F.cross_entropy(model(stream.augment(x[idx])), y[idx])
 
-    _fit(cfg, list(model.parameters()), len(y), stream.epoch, batch_loss, on_epoch)
+    _fit(cfg, list(model.parameters()), len(y), stream.epoch, batch_loss)
     params = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return TrainedModel(seed, params, _final_metrics(params, data, device), "loop", device.type)
 
 
 def train_batched(data: Dataset, widths: Sequence[int], cfg: TrainConfig, seeds: Sequence[int], *,
-                  device: torch.device | str = "cpu", on_epoch: Callable[[], None] | None = None) -> list[TrainedModel]:
+                  device: torch.device | str = "cpu") -> list[TrainedModel]:
     """Train len(seeds) MLPs in one pass with stacked weights (see module docstring)."""
     device, widths = torch.device(device), resolve_widths(widths)
     k = len(seeds)
@@ -241,7 +239,7 @@ def train_batched(data: Dataset, widths: Sequence[int], cfg: TrainConfig, seeds:
         # Sum over models of each model's mean loss: model k's gradient is its own loss's.
         return F.cross_entropy(logits.flatten(0, 1), y[idx].flatten(), reduction="none").view(k, -1).mean(1).sum()
 
-    _fit(cfg, trainable, len(y), lambda: zip(*(s.epoch() for s in streams)), batch_loss, on_epoch)
+    _fit(cfg, trainable, len(y), lambda: zip(*(s.epoch() for s in streams)), batch_loss)
     out = []
     for j, s in enumerate(seeds):
         params = {n: t[j].detach().cpu().clone() for n, t in stacked.items()}

@@ -77,8 +77,6 @@ def test_bad_value_is_one_line_naming_key_value_and_what_is_allowed(section, kin
 @pytest.fixture(scope="module")
 def computed(tmp_path_factory):
     """A project whose data, train and merge stages ran with good params."""
-    from tests.reliability.project import make_project, run_pipeline
-
     root = make_project(tmp_path_factory.mktemp("computed"), {"merge": {"methods": ["naive"]}})
     run_pipeline(root, methods=["naive"], until="merge", here=True)
     return root

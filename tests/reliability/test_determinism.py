@@ -38,7 +38,7 @@ def run_once(root, disturbance: int):
             files = [str(store.path(str(s))) for s in job.members]
             shas = [store.entries[str(s)]["sha256"] for s in job.members]
             cfg = {"max_iter": 100, "mergemany_max_iter": 2, "lam": 0.5, "pairing": "random", "device": "cpu"}
-            merged[job.model_id], prov, _ = _run_merge_job(job, files, shas, cfg, torch.get_num_threads())
+            merged[job.model_id], _, _ = _run_merge_job(job, files, shas, cfg, torch.get_num_threads())
     models = {f"s{k}": store.load(k) for k in store.entries} | merged
     table = evaluate(models, data.x_test[:100], data.y_test[:100], EVAL)
     return store, merged, table

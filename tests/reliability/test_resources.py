@@ -2,7 +2,6 @@
 refuses one that does not fit; the numbers come from the params and a calibration on this machine."""
 
 import math
-import shutil
 from collections import namedtuple
 
 import pytest
@@ -71,4 +70,3 @@ def test_train_stage_refuses_an_experiment_over_the_time_limit(tmp_path):
     assert lines[0].startswith("estimate: ")
     assert lines[-1].startswith("error: not started: ") and "over resources.max_hours 1e-06" in lines[-1]
     assert not (root / "models").exists()
-    assert shutil.disk_usage(root).free > 0
