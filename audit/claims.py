@@ -25,6 +25,7 @@ difference is significant and larger than the margin, otherwise inconclusive.
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,11 @@ from .config import read_yaml
 TESTS = ("paired", "depth_change", "vs_base", "trend", "unpaired", "sides")
 EXPECT = ("greater", "less", "equivalent")
 VERDICTS = ("supported", "contradicted", "inconclusive")
+# Every metric `audit.metrics.evaluate` writes (the registry may name no other).
+METRICS = ("clean_accuracy", "clean_loss", "fgsm_robust_accuracy", "fgsm_success_rate", "pgd_robust_accuracy",
+           "pgd_success_rate", "deepfool_robust_accuracy", "deepfool_median_norm", "deepfool_unflipped_rate",
+           "weight_norm", "lipschitz_global", "lipschitz_local_mean", "lipschitz_local_max")
+KINDS = ("base", "merged", "regularized")
 
 
 class ClaimsError(ValueError):
@@ -65,6 +71,23 @@ class Claim:
     include_base: bool = False
     note: str = ""
     control: bool = False  # a control the review asked for, not a claim of a paper
+    # Why the claim holds for every model whatever the data (a proof, e.g. the triangle inequality):
+    # its "supported" is no evidence, and `informative` names the claim that is.
+    by_construction: str = ""
+    informative: str = ""
+
+    @property
+    def methods(self) -> set[str]:
+        """Merge methods the claim's values come from."""
+        out = {m for m in (self.a, self.b) if m and ":" not in m and m != "base"}
+        for sel in (self.a, self.b):
+            if sel and ":" in sel:
+                kind, _, rest = sel.partition(":")
+                if kind == "merged":
+                    out.add(rest.partition("@")[0])
+        if self.test == "sides":
+            out.add("hierarchical")
+        return out
 
 
 def load_claims(path: str | Path) -> list[Claim]:
@@ -98,6 +121,81 @@ def load_claims(path: str | Path) -> list[Claim]:
     return out
 
 
+def _nearest(value, allowed) -> str:
+    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.0)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def check_claims(claims: list[Claim], *, methods, depth: int, path: str | Path = "claims registry") -> None:
+    """Refuse a registry that names what no run can have: an unknown metric, method, selector or
+    an impossible depth is a `ClaimsError` naming the claim, the key and the nearest valid value,
+    raised before anything is computed. (An eps the run did not measure, or a depth beyond this
+    run's ``zoo.depth``, a method or regularized baseline this run did not make: such a claim
+    reads "not measured" or has no units.) ``methods``: every merge method the tool knows.
+    ``depth`` only names the valid range in messages."""
+    methods = list(methods)
+    ids = {c.id for c in claims}
+
+    def fail(c: Claim, key: str, value, allowed, why: str = "unknown value"):
+        raise ClaimsError(f"{path}: claim {c.id}: {key}: {why} {value!r}{_nearest(value, allowed)} "
+                          f"(allowed: {', '.join(map(str, allowed))})")
+
+    def check_method(c: Claim, key: str, m):
+        if m not in methods:
+            fail(c, key, m, methods, "unknown method")
+
+    def check_depth(c: Claim, key: str, d):
+        # A depth beyond zoo.depth is a shallower run's limit, not a typo: the shipped registry
+        # names the paper's depths (4, 8 and 16 models), so such a claim reads "not measured".
+        if not isinstance(d, int) or isinstance(d, bool) or d < 1:
+            fail(c, key, d, list(range(1, depth + 1)), "depth must be an integer >= 1, got")
+
+    def check_selector(c: Claim, key: str, sel):
+        spec, at, d = str(sel).partition("@")
+        kind, _, method = spec.partition(":")
+        if kind not in KINDS:
+            fail(c, key, sel, [f"{k}:..." for k in KINDS], "unknown selector")
+        if kind == "merged" and method:
+            check_method(c, key, method)
+        if at:
+            if not d.isdigit():
+                fail(c, key, sel, [f"{spec}@{k}" for k in range(1, depth + 1)], "bad depth in selector")
+            check_depth(c, key, int(d))
+
+    for c in claims:
+        if c.metric not in METRICS:
+            fail(c, "metric", c.metric, METRICS)
+        for key in ("a", "b"):
+            v = getattr(c, key)
+            if v is None:
+                continue
+            if c.test == "unpaired":
+                check_selector(c, key, v)
+            else:
+                check_method(c, key, v)
+        if c.test in ("paired", "depth_change", "vs_base", "trend") and c.a is None:
+            raise ClaimsError(f"{path}: claim {c.id}: a: missing; test {c.test} needs a method")
+        if c.test == "paired" and c.b is None:
+            raise ClaimsError(f"{path}: claim {c.id}: b: missing; test paired compares a with b")
+        if c.test == "unpaired" and (c.a is None or c.b is None):
+            raise ClaimsError(f"{path}: claim {c.id}: a and b: both needed by test unpaired")
+        for d in c.depth:
+            check_depth(c, "depth", d)
+        for key in ("from_depth", "to_depth"):
+            if getattr(c, key) is not None:
+                check_depth(c, key, getattr(c, key))
+        if c.test == "depth_change" and (c.from_depth is None or c.to_depth is None or c.from_depth >= c.to_depth):
+            raise ClaimsError(f"{path}: claim {c.id}: from_depth/to_depth: test depth_change needs "
+                              f"from_depth < to_depth, got {c.from_depth}, {c.to_depth}")
+        if c.test == "sides" and 1 in c.depth:
+            raise ClaimsError(f"{path}: claim {c.id}: depth: 1 is an identity for the side test (matching B "
+                              "onto A and A onto B give the same network up to a permutation); use depths >= 2")
+        if c.informative and c.informative not in ids:
+            fail(c, "informative", c.informative, sorted(ids), "no such claim")
+        if c.informative and not c.by_construction:
+            raise ClaimsError(f"{path}: claim {c.id}: informative: only for a claim marked by_construction")
+
+
 # ---------------------------------------------------------------- selecting values
 
 
@@ -109,6 +207,24 @@ class Results:
     pool_depth: int  # D
     main_side: str = "second"
     _cache: dict = field(default_factory=dict)
+
+    def converged_only(self) -> "Results":
+        """The same results without the MergeMany models that stopped at their pass cap."""
+        t = self.table
+        if "converged" not in t:
+            return self
+        unconverged = (t.method == "mergemany") & (t.kind == "merged") & ~_truthy(t.converged)
+        return Results(t[~unconverged], self.pool_depth, self.main_side)
+
+    def mergemany_convergence(self, depths) -> tuple[int, int]:
+        """(converged, all) MergeMany models at these depths (all depths if empty)."""
+        t = self.table
+        mm = t[(t.kind == "merged") & (t.method == "mergemany")].drop_duplicates("model")
+        if depths:
+            mm = mm[mm.depth.isin(list(depths))]
+        if "converged" not in mm:
+            return 0, 0
+        return int(_truthy(mm.converged).sum()), len(mm)
 
     def values(self, metric: str, eps: float | None) -> pd.DataFrame:
         key = (metric, eps)
@@ -158,6 +274,11 @@ class Results:
         return t.value
 
 
+def _truthy(col: pd.Series) -> pd.Series:
+    """A bool column as read back from CSV (True/False, 'True'/'False', 1/0, NaN as False)."""
+    return col.map(lambda v: str(v).strip().lower() in ("true", "1", "1.0")).astype(bool)
+
+
 def _aligned(a: pd.Series, b: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     both = pd.concat([a.rename("a"), b.rename("b")], axis=1).dropna()
     return both.a.to_numpy(), both.b.to_numpy()
@@ -168,6 +289,9 @@ def _aligned(a: pd.Series, b: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 
 def _test_claim(c: Claim, r: Results, margin: float, alpha: float, n_boot: int, seed: int) -> list[dict]:
     """One row per tested unit of the claim (per depth for ``paired`` over several depths)."""
+    deep = [d for d in (*c.depth, c.from_depth, c.to_depth) if d is not None and d > r.pool_depth]
+    if deep:
+        raise NotMeasured(f"depth {max(deep)} ({2 ** max(deep)} models) exceeds this run's zoo.depth {r.pool_depth}")
     kw = dict(alpha=alpha, n_boot=n_boot, seed=seed)
     rows = []
 
@@ -224,6 +348,35 @@ def _test_claim(c: Claim, r: Results, margin: float, alpha: float, n_boot: int, 
 def evaluate_claims(claims: list[Claim], results: Results, *, alpha: float = 0.05, margin: float = 0.01,
                     n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """One row per claim x unit: effect, CI, raw and Holm-adjusted p, n, MDE and the verdict."""
+    out = _evaluate(claims, results, alpha, margin, n_boot, seed)
+    if out.empty:
+        return out
+    # A MergeMany model that stopped at its pass cap is not what Ainsworth et al.'s algorithm
+    # returns, and the cap binds harder the more models are merged: every claim on MergeMany says
+    # how many of its models converged and, where some did not, stands beside the same test on the
+    # converged ones only (Holm over that family alike).
+    out["mergemany_converged"] = ""
+    out["verdict_converged_only"] = ""
+    mm_claims = [c for c in claims if "mergemany" in c.methods]
+    partial = []
+    for c in mm_claims:
+        depths = c.depth or tuple(d for d in (c.from_depth, c.to_depth) if d is not None)
+        ok, total = results.mergemany_convergence(depths)
+        out.loc[out.id == c.id, "mergemany_converged"] = f"{ok}/{total}"
+        if ok < total:
+            partial.append(c)
+    if partial:
+        alt = _evaluate(claims, results.converged_only(), alpha, margin, n_boot, seed)
+        for c in partial:
+            mine = out.id == c.id
+            theirs = alt[alt.id == c.id]
+            if len(theirs) == mine.sum():
+                out.loc[mine, "verdict_converged_only"] = theirs.verdict.to_numpy()
+    return out
+
+
+def _evaluate(claims: list[Claim], results: Results, alpha: float, margin: float, n_boot: int,
+              seed: int) -> pd.DataFrame:
     rows = []
     for c in claims:
         m = c.margin if c.margin is not None else margin
@@ -235,6 +388,7 @@ def evaluate_claims(claims: list[Claim], results: Results, *, alpha: float = 0.0
         for row in tested:
             rows.append({"id": c.id, "source": c.source, "metric": c.metric, "eps": c.eps, "test": c.test,
                          "expect": c.expect, "control": c.control, "margin": m if c.expect == "equivalent" else np.nan,
+                         "by_construction": c.by_construction, "informative": c.informative,
                          **{k: row.get(k, np.nan) for k in ("unit", "n", "effect", "ci_low", "ci_high", "d_z", "mde",
                                                              "p_t", "p_tost", "model")}})
     out = pd.DataFrame(rows)
@@ -272,5 +426,36 @@ def claim_verdicts(rows: pd.DataFrame) -> pd.DataFrame:
         verdicts = set(g.verdict)
         verdict = verdicts.pop() if len(verdicts) == 1 else "inconclusive"
         out.append({"id": cid, "verdict": verdict, "units": len(g),
+                    "caveat": _caveat(g.iloc[0], verdict, g),
                     "detail": "; ".join(f"{u}: {v}" for u, v in zip(g.unit, g.verdict))})
     return pd.DataFrame(out)
+
+
+def _caveat(first, verdict: str, g: pd.DataFrame) -> str:
+    """What a reader must know beside the verdict: a claim that holds by construction (its
+    "supported" is no evidence), MergeMany models that did not converge."""
+    notes = []
+    by_construction = first.get("by_construction", "")
+    if isinstance(by_construction, str) and by_construction:
+        informative = first.get("informative", "")
+        notes.append(f"holds by construction ({by_construction})"
+                     + (f"; the informative test is {informative}" if isinstance(informative, str) and informative
+                        else ""))
+    conv = first.get("mergemany_converged", "")
+    if isinstance(conv, str) and conv:
+        ok, _, total = conv.partition("/")
+        if ok != total:
+            alt = [v for v in g.get("verdict_converged_only", pd.Series(dtype=str)) if isinstance(v, str) and v]
+            alt_v = (alt[0] if len(set(alt)) == 1 else "inconclusive") if alt else "not computable"
+            notes.append(f"rests on unconverged MergeMany: {conv} models converged; on the converged ones "
+                         f"only: {alt_v}")
+        else:
+            notes.append(f"MergeMany converged in all {total} models")
+    return "; ".join(notes)
+
+
+def verdict_reading(verdict: str, caveat: str) -> str:
+    """The verdict as a reader should read it ("supported, holds by construction")."""
+    if verdict == "supported" and caveat.startswith("holds by construction"):
+        return "supported, holds by construction"
+    return verdict

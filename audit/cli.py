@@ -131,12 +131,19 @@ def compare_cmd(baseline: str, methods: tuple[str, ...], metric_names: tuple[str
 @click.option("--params", "params_path", default="params.yaml", show_default=True, help="params file of the run")
 def claims_cmd(claims_path: str, detail: bool, fmt: str, params_path: str) -> None:
     """Evaluate every claim of the registry on the last run: supported / contradicted / inconclusive."""
-    from .claims import VERDICTS, ClaimsError, claim_verdicts, evaluate_claims, load_claims
+    from .claims import VERDICTS, ClaimsError, check_claims, claim_verdicts, evaluate_claims, load_claims
+    from .config import METHODS
 
+    params = _load(params_path)
+    try:  # the registry is user input: checked before anything is computed
+        claims = load_claims(claims_path)
+        check_claims(claims, methods=METHODS, depth=params.zoo.depth, path=claims_path)
+    except ClaimsError as e:
+        raise click.ClickException(str(e)) from None
     params, results = _results(params_path)
     a = params.audit
     try:
-        rows = evaluate_claims(load_claims(claims_path), results, alpha=a.alpha, margin=a.equivalence_margin,
+        rows = evaluate_claims(claims, results, alpha=a.alpha, margin=a.equivalence_margin,
                                n_boot=a.bootstrap, seed=a.seed)
     except ClaimsError as e:
         raise click.ClickException(str(e)) from None

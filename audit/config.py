@@ -97,7 +97,7 @@ class MergeParams:
     methods: tuple[str, ...] = METHODS  # merge methods run on identical groups
     seeds: tuple[int, ...] = (0, 1)  # merge seeds: tree pairing and layer orders (hierarchical), visiting order (MergeMany)
     permute: str = "second"  # which model of each pair is permuted onto the other (hierarchical)
-    side_ablation: tuple[int, ...] = (1,)  # depths at which hierarchical also runs with the other side permuted
+    side_ablation: tuple[int, ...] = (2,)  # depths (>= 2) at which hierarchical also runs with the other side permuted
     pairing: str = "random"  # hierarchical tree: adjacent | random (drawn from the merge seed)
     lam: float = 0.5  # interpolation weight of the second model of a pair
     max_iter: int = 100  # weight-matching sweeps, at most
@@ -114,8 +114,13 @@ class MergeParams:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds: at least one merge seed, none twice, got {list(self.seeds)}")
         _one_of("permute", self.permute, PERMUTE_SIDES)
+        if 1 in self.side_ablation:
+            # (A + P(B))/2 and (P^-1(A) + B)/2 are one network up to a permutation: matching B onto
+            # A and A onto B optimise the same objective, so a depth-1 side test cannot fail.
+            raise ValueError("side_ablation: depth 1 is an identity (permuting either model of a pair gives "
+                             "the same network up to a permutation); use depths >= 2")
         if any(d < 1 for d in self.side_ablation):
-            raise ValueError(f"side_ablation: depths must be >= 1, got {list(self.side_ablation)}")
+            raise ValueError(f"side_ablation: depths must be >= 2, got {list(self.side_ablation)}")
         _one_of("pairing", self.pairing, PAIRINGS)
         if not 0.0 <= self.lam <= 1.0:
             raise ValueError(f"lam: must be in [0, 1], got {self.lam}")

@@ -157,7 +157,15 @@ def barriers(a: Params, b: Params, x: Tensor, y: Tensor, *, spec: PermutationSpe
 
 
 def weight_norm(params: Params) -> float:
-    """The paper's ``sum_l ||W_l||_F + ||b_l||_2`` over the linear layers."""
+    """The paper's ``sum_l ||W_l||_F + ||b_l||_2`` over the linear layers.
+
+    Falls under any merge by construction: permuting hidden units preserves every Frobenius and
+    L2 norm, and each term is a norm, so for weights ``w_k >= 0`` summing to 1,
+    ``||sum_k w_k P_k(M_k)|| <= sum_k w_k ||M_k||`` term by term (triangle inequality and
+    homogeneity). Every node of a merge tree is an average of the nodes below it, so the mean
+    norm cannot rise with depth for any method or any models: "the norm falls with stage" is no
+    evidence of regularization (the informative test compares methods on identical groups).
+    """
     return float(sum(params[f"{n}.weight"].double().norm() + params[f"{n}.bias"].double().norm()
                      for n in layer_names(params)))
 
@@ -196,7 +204,15 @@ def global_lipschitz_bound(layers: Sequence[tuple[Tensor, Tensor]], scale: Tenso
 
 
 def global_lipschitz(params: Params) -> float:
-    """`global_lipschitz_bound` of an MLP, its normalization ``diag(1/std)`` counted as a layer."""
+    """`global_lipschitz_bound` of an MLP, its normalization ``diag(1/std)`` counted as a layer.
+
+    Not guaranteed to fall under merging: each spectral norm is convex, but the bound is their
+    product, and a product of averages can exceed the average of products. ReLU nets are
+    invariant to scaling layer 1 by c and layer 2 by 1/c; averaging such a model with its
+    mirror (1/c, c) gives layer norms ``(c + 1/c)/2`` times the original's, so the merged bound
+    is ``((c + 1/c)/2)^2`` times both endpoints' (tested). A fall is therefore an empirical
+    finding, not a tautology; so is the local bound's (`local_lipschitz`), which is scaled alike.
+    """
     layers, _, std = linear_layers(params)
     return global_lipschitz_bound(layers, 1.0 / std)
 

@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from . import tracking
-from .config import ConfigError, Params, load_params, to_dict
+from .config import METHODS, ConfigError, Params, load_params, to_dict
 from .data import DataError, Dataset, load_dataset
 from .executor import ExecutorConfig, Task, TaskError, run_tasks
 from .merge import hierarchical_merge, merge_many, naive_merge
@@ -372,12 +372,20 @@ def model_catalog(params: Params, root: Path) -> tuple[pd.DataFrame, dict[str, P
             if job.key not in store.entries:
                 _missing(directory / f"{job.key}.safetensors")
             add(job.model_id, store, job.key, kind="merged", method=method, pool=job.pool, depth=job.depth,
-                group=job.group, merge_seed=job.seed, side=job.side, n_models=len(job.members))
+                group=job.group, merge_seed=job.seed, side=job.side, n_models=len(job.members),
+                converged=_converged(store.entries[job.key]["provenance"]))
     catalog = pd.DataFrame(rows)
     for col in ("group", "merge_seed", "seed"):
         if col in catalog:
             catalog[col] = catalog[col].astype("Int64")  # integers with gaps, not floats
     return catalog, files
+
+
+def _converged(prov: dict) -> bool:
+    """Whether the merge ran its searches to their stopping rule (not a pass or sweep cap)."""
+    if "converged" in prov:  # MergeMany
+        return bool(prov["converged"])
+    return all(s["converged"] for stage in prov.get("stages", []) for s in stage)  # hierarchical; naive: True
 
 
 def _missing(path: Path):
@@ -586,9 +594,14 @@ def _measured(results, metric: str, eps: float | None) -> bool:
 
 
 def run_audit(params: Params, root: Path) -> dict:
-    from .claims import VERDICTS, ClaimsError, claim_verdicts, evaluate_claims, load_claims
+    from .claims import VERDICTS, ClaimsError, check_claims, claim_verdicts, evaluate_claims, load_claims
     from .compare import COLUMNS as COMPARE_COLUMNS, compare
 
+    try:  # a bad registry is refused before anything is computed
+        check_claims(load_claims(root / CLAIMS_YAML), methods=METHODS, depth=params.zoo.depth,
+                     path=root / CLAIMS_YAML)
+    except ClaimsError as e:
+        raise PipelineError(str(e)) from None
     results = load_results(params, root)
     a = params.audit
     try:
@@ -612,6 +625,8 @@ def run_audit(params: Params, root: Path) -> dict:
         table = pd.DataFrame(columns=COMPARE_COLUMNS)
     _write_csv(root / COMPARE_CSV, table)
     counts = {v: int((verdicts.verdict == v).sum()) for v in VERDICTS}
+    # "supported" claims that hold by construction are no evidence: counted apart as well.
+    counts["by_construction"] = int(verdicts.caveat.str.startswith("holds by construction").sum())
     summary = {**counts, "claims": len(verdicts), "tests": len(rows)}
     with _tracker(params, root, "audit") as tr:
         tr.log_parent(params={"audit": a}, metrics={k: float(v) for k, v in summary.items()})

@@ -19,6 +19,7 @@ import pandas as pd
 import yaml
 
 from . import __version__
+from .claims import verdict_reading
 from .config import Params, to_dict
 
 REPORT_DIR = Path("reports/audit")
@@ -237,13 +238,19 @@ def _fmt(v, digits: int = 3) -> str:
     return f"{v:.{digits}f}" if abs(v) < 100 else f"{v:.0f}"
 
 
+def _text(v) -> str:
+    return v if isinstance(v, str) and v else "-"
+
+
 def _claims_table(claims: pd.DataFrame, verdicts: list[dict]) -> list[list[str]]:
-    rows = [["claim", "source", "test unit", "n", "effect [95% CI]", "d_z", "MDE", "p (Holm)", "verdict"]]
+    rows = [["claim", "source", "test unit", "n", "effect [95% CI]", "d_z", "MDE", "p (Holm)", "verdict",
+             "MergeMany converged", "verdict, converged MergeMany only"]]
     info = {v["id"]: v for v in verdicts}
     for r in claims.itertuples():
         ci = f"{_fmt(r.effect)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]" if np.isfinite(r.effect) else "-"
         rows.append([r.id, info.get(r.id, {}).get("source", r.source), r.unit, _fmt(int(r.n) if np.isfinite(r.n) else None),
-                     ci, _fmt(r.d_z), _fmt(r.mde), _fmt(r.p_holm), r.verdict])
+                     ci, _fmt(r.d_z), _fmt(r.mde), _fmt(r.p_holm), r.verdict,
+                     _text(getattr(r, "mergemany_converged", "")), _text(getattr(r, "verdict_converged_only", ""))])
     return rows
 
 
@@ -311,10 +318,13 @@ def build_report(root: Path, params: Params) -> Path:
            f"({', '.join(f'{v} {k}' for k, v in prov['models'].items())}), {params.zoo.pools} pool(s) of "
            f"{params.zoo.pool_size} base models, merge seeds {list(params.merge.seeds)}; every interval is a 95% CI, "
            f"p-values are Holm-adjusted over all claims (alpha {params.audit.alpha}).", ""]
+    by_construction = sum(str(v.get("caveat") or "").startswith("holds by construction") for v in verdict_list)
     md += ["## Verdicts", "",
-           f"{counts.get('supported', 0)} supported, {counts.get('contradicted', 0)} contradicted, "
+           f"{counts.get('supported', 0)} supported ({by_construction} of them hold by construction and are no "
+           f"evidence), {counts.get('contradicted', 0)} contradicted, "
            f"{counts.get('inconclusive', 0)} inconclusive (of {len(verdict_list)} claims).", ""]
-    md += [f"- **{v['id']}**: {v['verdict']} - {v['source']}: \"{v['quote']}\"" for v in verdict_list]
+    md += [f"- **{v['id']}**: {verdict_reading(v['verdict'], v.get('caveat') or '')} - {v['source']}: "
+           f"\"{v['quote']}\"" + (f" *Caveat: {v['caveat']}.*" if v.get("caveat") else "") for v in verdict_list]
     md += ["", "### Every test", ""]
     md += _md_table(_claims_table(claims, verdict_list))
     if not compare.empty:

@@ -2,7 +2,10 @@ import textwrap
 
 import pytest
 
-from audit.claims import ClaimsError, Results, claim_verdicts, evaluate_claims, load_claims
+import numpy as np
+
+from audit.claims import (Claim, ClaimsError, Results, check_claims, claim_verdicts, evaluate_claims, load_claims,
+                          verdict_reading)
 from tests.synthetic import synthetic_results
 
 
@@ -129,3 +132,68 @@ def test_a_claim_on_an_unmeasured_metric_is_inconclusive_and_says_why(tmp_path):
     rows = evaluate_claims(claims, Results(table, pool_depth=3))
     assert rows.verdict.tolist() == ["inconclusive"]
     assert rows.unit.item() == "not measured: no results for 'lipschitz_global' at eps None"
+
+
+# ---------------------------------------------------------------- the registry is user input
+
+def _registry(tmp_path, **claim):
+    import yaml
+
+    entry = {"id": "X1-test", "source": "s", "quote": "q", "metric": "clean_accuracy", "test": "paired",
+             "a": "hierarchical", "b": "mergemany", "depth": [2], "expect": "greater", **claim}
+    path = tmp_path / "claims.yaml"
+    path.write_text(yaml.safe_dump({"claims": [entry]}))
+    return path
+
+
+@pytest.mark.parametrize("claim,message", [
+    ({"metric": "clean_acuracy"}, r"claim X1-test: metric: unknown value 'clean_acuracy'; did you mean 'clean_accuracy'\?"),
+    ({"a": "hierarchicl"}, r"claim X1-test: a: unknown method 'hierarchicl'; did you mean 'hierarchical'\?"),
+    ({"depth": [0]}, r"claim X1-test: depth: depth must be an integer >= 1, got 0"),
+    ({"test": "unpaired", "a": "regularised:l2", "b": "base"}, r"claim X1-test: a: unknown selector 'regularised:l2'"),
+    ({"test": "unpaired", "a": "merged:hierarchical@x", "b": "base"}, r"claim X1-test: a: bad depth in selector"),
+    ({"test": "sides", "depth": [1]}, r"claim X1-test: depth: 1 is an identity"),
+    ({"test": "depth_change", "from_depth": 3, "to_depth": 2}, r"needs from_depth < to_depth"),
+    ({"informative": "C3-nope", "by_construction": "x"}, r"informative: no such claim 'C3-nope'"),
+])
+def test_bad_registry_entries_name_the_claim_key_and_nearest_value(tmp_path, claim, message):
+    path = _registry(tmp_path, **claim)
+    with pytest.raises(ClaimsError, match=message):
+        check_claims(load_claims(path), methods=("hierarchical", "mergemany", "naive"), depth=4, path=path)
+
+
+def test_the_shipped_registry_passes_its_own_checks():
+    check_claims(load_claims("reports/claims.yaml"), methods=("hierarchical", "mergemany", "naive"), depth=4)
+
+
+def test_by_construction_claims_read_as_such_and_name_the_informative_test():
+    table = synthetic_results(pools=3, depth=3, seeds=(0,), effects={"hierarchical": lambda d: -0.01 * d})
+    claims = [Claim("F8-x", "s", "q", "clean_accuracy", "trend", "less", a="hierarchical", include_base=True,
+                    by_construction="triangle inequality", informative="C3-y"),
+              Claim("C3-y", "s", "q", "clean_accuracy", "paired", "less", a="hierarchical", b="naive", depth=(1,))]
+    rows = evaluate_claims(claims, Results(table, pool_depth=3), n_boot=200)
+    v = claim_verdicts(rows).set_index("id")
+    assert v.loc["F8-x", "verdict"] == "supported"
+    assert verdict_reading("supported", v.loc["F8-x", "caveat"]) == "supported, holds by construction"
+    assert "the informative test is C3-y" in v.loc["F8-x", "caveat"]
+    assert verdict_reading(v.loc["C3-y", "verdict"], v.loc["C3-y", "caveat"]) == v.loc["C3-y", "verdict"]
+
+
+def test_mergemany_claims_show_convergence_and_the_converged_only_verdict():
+    """A planted collapse carried only by unconverged MergeMany models: the verdict on all models
+    says "supported", the converged-only test beside it does not."""
+    table = synthetic_results(pools=8, depth=3, seeds=(0,), effects={"mergemany": lambda d: -0.05 * (d == 3)},
+                              noise=0.001)
+    merged = table.kind == "merged"
+    table["converged"] = np.where(merged, True, np.nan).astype(object)
+    # at depth 3 half of MergeMany's groups did not converge: only those collapsed
+    mm3 = merged & (table.method == "mergemany") & (table.depth == 3)
+    unconv = mm3 & (table.pool % 2 == 0)
+    table.loc[unconv, "converged"] = False
+    table.loc[mm3 & ~unconv, "value"] += 0.05  # the converged ones did not collapse
+    claim = Claim("F3-x", "s", "q", "clean_accuracy", "depth_change", "less", a="mergemany", from_depth=2, to_depth=3)
+    rows = evaluate_claims([claim], Results(table, pool_depth=3), n_boot=200)
+    assert rows.mergemany_converged.iloc[0] == "20/24"  # depth 2: 16 converged; depth 3: 4 of 8
+    assert rows.verdict.iloc[0] == "supported" and rows.verdict_converged_only.iloc[0] == "inconclusive"
+    caveat = claim_verdicts(rows).caveat.iloc[0]
+    assert "rests on unconverged MergeMany: 20/24 models converged; on the converged ones only: inconclusive" in caveat

@@ -127,3 +127,26 @@ def test_weight_matched_midpoint_is_far_better_than_naive_on_real_data(trained_p
     wm_barrier = wm_loss - sum(end_losses) / 2
     assert wm_loss < 0.5 * naive_loss
     assert wm_barrier < 0.25 * naive_barrier
+
+
+def test_depth_one_side_is_an_identity_on_trained_models(trained_pair):
+    """Matching B onto A or A onto B gives one network up to a permutation: the logits agree,
+    which is why a depth-1 side ablation is refused (it cannot fail)."""
+    data, (a, b) = trained_pair
+    spec = mlp_permutation_spec(a)
+    x = torch.as_tensor(data.x_test[:500])
+    logits = [MLP.from_state_dict(pairwise_merge(a, b, spec, seed=3, permute=side).params)(x)
+              for side in ("second", "first")]
+    assert (logits[0] - logits[1]).abs().max() < 1e-5
+
+
+def test_side_matters_from_depth_two():
+    """From 4 models on, the side changes where the second stage starts its search: not an
+    identity, so the side ablation is informative there."""
+    torch.manual_seed(0)
+    models = [MLP(20, (32, 32), 5).state_dict() for _ in range(4)]
+    spec = mlp_permutation_spec(models[0])
+    x = torch.rand(64, 20)
+    logits = [MLP.from_state_dict(hierarchical_merge(models, spec, seed=1, permute=side).params)(x)
+              for side in ("second", "first")]
+    assert (logits[0] - logits[1]).abs().max() > 1e-3

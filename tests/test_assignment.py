@@ -1,0 +1,131 @@
+"""The warm-started assignment solver against scipy: random, tied, degenerate and real matrices."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from audit.assignment import AssignmentState, solve_assignment
+from audit.rebasin import _SimilarityTerms, identity_perms, mlp_permutation_spec
+
+
+def scipy_value(m, maximize=True):
+    r, c = linear_sum_assignment(m, maximize=maximize)
+    return m[r, c].sum(), c
+
+
+def value(m, col):
+    return m[np.arange(len(col)), col].sum()
+
+
+def check_duals(m, st: AssignmentState, maximize=True):
+    """The returned duals prove optimality: feasible everywhere, tight on the assignment."""
+    cost = -m if maximize else m
+    reduced = cost - st.u[:, None] - st.v[None, :]
+    scale = 1e-9 * max(1.0, np.abs(cost).max())
+    assert reduced.min() >= -scale
+    assert np.abs(reduced[np.arange(len(st.col)), st.col]).max() <= scale
+
+
+def test_cold_solves_equal_scipy_exactly_ties_included():
+    """A cold solve performs scipy's augmentations in scipy's order: the same assignment even
+    where several are optimal (integer matrices with many ties)."""
+    rng = np.random.default_rng(0)
+    for t in range(1500):
+        n = int(rng.integers(1, 40))
+        kind = t % 3
+        m = (rng.normal(size=(n, n)) if kind == 0 else rng.integers(0, 3, size=(n, n)).astype(float)
+             if kind == 1 else rng.exponential(size=(n, n)) * 1e3)
+        maximize = bool(t % 2)
+        st = solve_assignment(m, maximize=maximize)
+        np.testing.assert_array_equal(st.col, linear_sum_assignment(m, maximize=maximize)[1])
+        assert sorted(st.col) == list(range(n))
+        check_duals(m, st, maximize)
+
+
+@pytest.mark.parametrize("scale", [0.0, 1e-9, 1e-6, 1e-3, 1e-1, 10.0])
+def test_warm_solves_are_optimal_after_any_change(scale):
+    """Warm-started from the previous matrix's state: optimal for the new matrix, the same
+    assignment as scipy (continuous entries: the optimum is unique), valid duals."""
+    rng = np.random.default_rng(1)
+    for t in range(300):
+        n = int(rng.integers(1, 60))
+        m = rng.normal(size=(n, n))
+        prev = solve_assignment(m)
+        m2 = m + scale * rng.normal(size=(n, n))
+        st = solve_assignment(m2, prev)
+        best, col = scipy_value(m2)
+        np.testing.assert_array_equal(st.col, col)
+        check_duals(m2, st)
+        if scale == 0.0:
+            assert st.certified  # an unchanged matrix is proven optimal without solving
+
+
+def test_warm_start_from_an_unrelated_state_and_with_ties_is_still_optimal():
+    rng = np.random.default_rng(2)
+    for t in range(600):
+        n = int(rng.integers(1, 30))
+        m = rng.integers(0, 4, size=(n, n)).astype(float)  # many optimal assignments
+        junk = AssignmentState(rng.permutation(n), rng.normal(size=n) * 5, rng.normal(size=n) * 5)
+        for warm in (junk, solve_assignment(rng.integers(0, 4, size=(n, n)).astype(float))):
+            st = solve_assignment(m, warm)
+            assert sorted(st.col) == list(range(n))
+            assert value(m, st.col) == pytest.approx(scipy_value(m)[0], abs=1e-9)
+            check_duals(m, st)
+
+
+@pytest.mark.parametrize("m", [np.zeros((5, 5)), np.ones((7, 7)) * -3.0, np.eye(6), np.array([[2.5]]),
+                               np.arange(16.0).reshape(4, 4), np.full((8, 8), 1e12)])
+def test_degenerate_matrices(m):
+    for warm in (None, solve_assignment(m)):
+        st = solve_assignment(m, warm)
+        assert value(m, st.col) == pytest.approx(scipy_value(m)[0])
+        check_duals(m, st)
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="square"):
+        solve_assignment(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="NaN"):
+        solve_assignment(np.array([[0.0, np.nan], [1.0, 2.0]]))
+    with pytest.raises(ValueError, match="warm state is for 3 rows"):
+        solve_assignment(np.zeros((2, 2)), solve_assignment(np.zeros((3, 3))))
+
+
+def test_reindexed_state_follows_a_permutation_of_the_columns():
+    rng = np.random.default_rng(3)
+    m = rng.normal(size=(20, 20))
+    st = solve_assignment(m)
+    perm = st.col  # permuting the columns by the solution makes it the identity
+    moved = st.reindexed(perm)
+    np.testing.assert_array_equal(moved.col, np.arange(20))
+    again = solve_assignment(m[:, perm], moved)
+    assert again.certified
+    np.testing.assert_array_equal(again.col, np.arange(20))
+
+
+def test_real_similarity_matrices_along_a_matching(trained_pair):
+    """The similarity matrices weight matching meets on trained models, perm by perm and under
+    many random states of the neighbouring perms: warm solves equal scipy's."""
+    _, (a, b) = trained_pair
+    spec = mlp_permutation_spec(a)
+    keys = list(spec.axes_to_perm)
+    a64 = {k: a[k].double() for k in keys}
+    b64 = {k: b[k].double() for k in keys}
+    perms = identity_perms(spec, a64)
+    terms = _SimilarityTerms(spec, a64, b64, {p: t.numel() for p, t in perms.items()})
+    g = torch.Generator().manual_seed(0)
+    states, checked = {}, 0
+    for step in range(40):
+        p = spec.perm_names[step % len(spec.perm_names)]
+        for q in terms.neighbours[p]:  # move a few units of the neighbours, as late sweeps do
+            k = int(torch.randint(1, 12, (1,), generator=g))
+            idx = torch.randperm(perms[q].numel(), generator=g)[:k]
+            perms[q] = perms[q].clone()
+            perms[q][idx] = perms[q][idx[torch.randperm(k, generator=g)]]
+        sim = terms.similarity(p, perms).numpy()
+        states[p] = solve_assignment(sim, states.get(p))
+        np.testing.assert_array_equal(states[p].col, linear_sum_assignment(sim, maximize=True)[1])
+        check_duals(sim, states[p])
+        checked += 1
+    assert checked == 40
