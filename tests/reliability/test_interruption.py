@@ -50,7 +50,9 @@ def progress(root, stage):
     return len(list((root / CACHE).glob("*.csv"))) if (root / CACHE).exists() else 0
 
 
-TOTAL = {"train": 8, "merge": 22, "evaluate": 30}
+# 8 base models; hierarchical x 2 merge seeds: 4 + 2 + 1 groups, and the other side at depth 2
+# (merge.side_ablation's default): 2 x (4 + 2 x 2 + 1) = 18 merged; 26 models evaluated.
+TOTAL = {"train": 8, "merge": 18, "evaluate": 26}
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])

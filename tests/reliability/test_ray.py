@@ -92,7 +92,8 @@ def test_ray_executor_gives_the_local_executors_bytes(cluster, local_run, ray_tr
         run_stage(root, "merge", "--method", method, env=cluster)
     run_stage(root, "evaluate", env=cluster)
     ray_models, local_models = model_bytes(root), model_bytes(local_run)
-    assert ray_models == local_models and len(local_models) == 4 + 10 + 3
+    # 4 base; hierarchical 2 seeds x (2 + 1 groups) + the other side at depth 2 (2); naive 3
+    assert ray_models == local_models and len(local_models) == 4 + 8 + 3
     assert (root / "results/evaluation.csv").read_bytes() == (local_run / "results/evaluation.csv").read_bytes()
 
 
