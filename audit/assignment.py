@@ -158,15 +158,10 @@ def _warm_start(cost, v, old_col, u, col4row, row4col):
     """Feasible row duals for the new costs; keep each row's old column where it is still tight."""
     n = cost.shape[0]
     kept = 0
+    _row_duals(cost, v, u)
     for i in range(n):
-        best = np.inf
-        for j in range(n):
-            r = cost[i, j] - v[j]
-            if r < best:
-                best = r
-        u[i] = best
         j0 = old_col[i]
-        if cost[i, j0] - v[j0] <= best:  # attains the minimum: reduced cost 0
+        if cost[i, j0] - v[j0] <= u[i]:  # attains the minimum: reduced cost 0
             col4row[i] = j0
             row4col[j0] = i
             kept += 1
