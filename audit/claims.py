@@ -18,9 +18,12 @@ in brackets; design §2):
 Verdicts: a directional claim (expect greater / less) is *supported* when its Holm-adjusted p
 (over all claims) is below alpha and the effect has the expected sign, *contradicted* when it is
 significant with the opposite sign, otherwise *inconclusive* - reported with the minimal
-detectable effect at the achieved n, which tells "no difference" from "too few models to tell".
-An equivalence claim is *supported* when TOST rejects non-equivalence, *contradicted* when the
-difference is significant and larger than the margin, otherwise inconclusive.
+detectable effect at the level Holm held that test to (alpha / (m - rank + 1), not raw alpha),
+which tells "no difference" from "too few models to tell". An equivalence claim is *supported*
+when TOST rejects non-equivalence, *contradicted* only when its whole CI lies outside +-margin.
+A non-inferiority claim (expect non_inferior: "the drop is at most margin") is *supported* when a
+one-sided test rejects "effect <= -margin", *contradicted* when the whole CI lies below -margin. A
+claim tested on several units is *mixed* when some units are supported and others contradicted.
 """
 
 from __future__ import annotations
@@ -36,12 +39,13 @@ from . import stats
 from .config import read_yaml
 
 TESTS = ("paired", "depth_change", "vs_base", "trend", "unpaired", "sides")
-EXPECT = ("greater", "less", "equivalent")
-VERDICTS = ("supported", "contradicted", "inconclusive")
+EXPECT = ("greater", "less", "equivalent", "non_inferior")
+VERDICTS = ("supported", "contradicted", "mixed", "inconclusive")
 # Every metric `audit.metrics.evaluate` writes (the registry may name no other).
 METRICS = ("clean_accuracy", "clean_loss", "fgsm_robust_accuracy", "fgsm_success_rate", "pgd_robust_accuracy",
            "pgd_success_rate", "deepfool_robust_accuracy", "deepfool_median_norm", "deepfool_unflipped_rate",
-           "weight_norm", "lipschitz_global", "lipschitz_local_mean", "lipschitz_local_max")
+           "weight_norm", "lipschitz_global", "lipschitz_paper", "lipschitz_local_mean", "lipschitz_local_max",
+           "lipschitz_am_mean", "lipschitz_am_max")
 KINDS = ("base", "merged", "regularized")
 
 
@@ -297,11 +301,12 @@ def _test_claim(c: Claim, r: Results, margin: float, alpha: float, n_boot: int, 
 
     def add(label: str, a, b=None, res: dict | None = None):
         if res is None:
+            res = stats.paired(a, b, **kw) if b is not None else stats.one_sample(a, **kw)
+            diff = a - b if b is not None else a
             if c.expect == "equivalent":
-                res = {**stats.paired(a, b, **kw), **stats.equivalence(a, b, margin)} if b is not None else \
-                    {**stats.one_sample(a, **kw), **stats.equivalence(a, np.zeros_like(a), margin)}
-            else:
-                res = stats.paired(a, b, **kw) if b is not None else stats.one_sample(a, **kw)
+                res.update(stats.equivalence(diff, np.zeros_like(diff), margin))
+            elif c.expect == "non_inferior":
+                res.update(stats.non_inferiority(diff, margin))
         rows.append({"unit": label, **res})
 
     if c.test == "paired":
@@ -387,19 +392,39 @@ def _evaluate(claims: list[Claim], results: Results, alpha: float, margin: float
             tested = [{"unit": f"not measured: {e}", "n": 0}]
         for row in tested:
             rows.append({"id": c.id, "source": c.source, "metric": c.metric, "eps": c.eps, "test": c.test,
-                         "expect": c.expect, "control": c.control, "margin": m if c.expect == "equivalent" else np.nan,
+                         "expect": c.expect, "control": c.control,
                          "by_construction": c.by_construction, "informative": c.informative,
+                         "margin": m if c.expect in ("equivalent", "non_inferior") else np.nan,
                          **{k: row.get(k, np.nan) for k in ("unit", "n", "effect", "ci_low", "ci_high", "d_z", "mde",
-                                                             "p_t", "p_tost", "model")}})
+                                                             "p_t", "p_tost", "p_ni", "model")}})
     out = pd.DataFrame(rows)
     if out.empty:
         return out
-    # One family: every claim's primary p-value (the t-test; TOST for equivalence claims).
-    out["p"] = np.where(out.expect == "equivalent", out.p_tost, out.p_t)
+    # One family: every claim's primary p-value (the t-test; TOST for equivalence claims, the
+    # one-sided test for non-inferiority claims).
+    out["p"] = np.select([out.expect == "equivalent", out.expect == "non_inferior"], [out.p_tost, out.p_ni], out.p_t)
     out["p_holm"] = stats.holm(out.p.to_numpy(), alpha)
-    # For equivalence claims the difference test (to call a contradiction) is adjusted as well.
-    out["p_diff_holm"] = stats.holm(out.p_t.to_numpy(), alpha)
+    out["alpha_holm"] = _holm_levels(out.p.to_numpy(), alpha)
+    # The detectable effect at the level the verdict is held to (Holm's step for this test, not
+    # raw alpha): mde scales with the t-test's d at that level, sd and n unchanged.
+    raw_d = np.array([stats.detectable_d(int(n), alpha) if np.isfinite(n) else np.nan for n in out.n])
+    holm_d = np.array([stats.detectable_d(int(n), lv) if np.isfinite(n) else np.nan
+                       for n, lv in zip(out.n, out.alpha_holm)])
+    out["mde_raw"] = out.mde
+    out["mde"] = out.mde * holm_d / raw_d
     out["verdict"] = [_verdict(r, alpha) for r in out.itertuples()]
+    return out
+
+
+def _holm_levels(p: np.ndarray, alpha: float) -> np.ndarray:
+    """The level Holm's step-down compares each p-value with: alpha / (m - rank + 1), rank by
+    ascending p among the m finite p-values (NaN for the others)."""
+    out = np.full(len(p), np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    for rank, i in enumerate(order, start=1):
+        out[i] = alpha / (m - rank + 1)
     return out
 
 
@@ -409,9 +434,15 @@ def _verdict(r, alpha: float) -> str:
     if r.expect == "equivalent":
         if r.p_holm < alpha:
             return "supported"
-        if r.p_diff_holm < alpha and abs(r.effect) > r.margin:
+        # Not equivalent only when the whole CI lies outside the margin (a significant difference
+        # that may still be within the margin is no contradiction).
+        if r.ci_low > r.margin or r.ci_high < -r.margin:
             return "contradicted"
         return "inconclusive"
+    if r.expect == "non_inferior":
+        if r.p_holm < alpha:
+            return "supported"
+        return "contradicted" if r.ci_high < -r.margin else "inconclusive"
     if r.p_holm >= alpha:
         return "inconclusive"
     sign_ok = r.effect > 0 if r.expect == "greater" else r.effect < 0
@@ -419,12 +450,17 @@ def _verdict(r, alpha: float) -> str:
 
 
 def claim_verdicts(rows: pd.DataFrame) -> pd.DataFrame:
-    """One verdict per claim: supported/contradicted only if every unit agrees, else inconclusive
-    (mixed units are reported as such, e.g. supported at depth 2 but not at depth 3)."""
+    """One verdict per claim: supported/contradicted only if every unit agrees; "mixed" when some
+    units are supported and others contradicted; else inconclusive (the detail lists each unit)."""
     out = []
     for cid, g in rows.groupby("id", sort=False):
         verdicts = set(g.verdict)
-        verdict = verdicts.pop() if len(verdicts) == 1 else "inconclusive"
+        if len(verdicts) == 1:
+            verdict = verdicts.pop()
+        elif {"supported", "contradicted"} <= verdicts:
+            verdict = "mixed"  # units disagree significantly: listed in detail, never averaged away
+        else:
+            verdict = "inconclusive"
         out.append({"id": cid, "verdict": verdict, "units": len(g),
                     "caveat": _caveat(g.iloc[0], verdict, g),
                     "detail": "; ".join(f"{u}: {v}" for u, v in zip(g.unit, g.verdict))})

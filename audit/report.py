@@ -321,7 +321,7 @@ def build_report(root: Path, params: Params) -> Path:
     by_construction = sum(str(v.get("caveat") or "").startswith("holds by construction") for v in verdict_list)
     md += ["## Verdicts", "",
            f"{counts.get('supported', 0)} supported ({by_construction} of them hold by construction and are no "
-           f"evidence), {counts.get('contradicted', 0)} contradicted, "
+           f"evidence), {counts.get('contradicted', 0)} contradicted, {counts.get('mixed', 0)} mixed, "
            f"{counts.get('inconclusive', 0)} inconclusive (of {len(verdict_list)} claims).", ""]
     md += [f"- **{v['id']}**: {verdict_reading(v['verdict'], v.get('caveat') or '')} - {v['source']}: "
            f"\"{v['quote']}\"" + (f" *Caveat: {v['caveat']}.*" if v.get("caveat") else "") for v in verdict_list]

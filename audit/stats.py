@@ -40,6 +40,25 @@ def minimal_detectable_effect(n: int, sd: float, alpha: float = 0.05, power: flo
     return float(d * sd)
 
 
+def detectable_d(n: int, alpha: float, power: float = POWER) -> float:
+    """The standardized effect (d_z) a two-sided t-test on n units detects at ``alpha`` with
+    ``power`` (statsmodels); NaN if n < 2."""
+    if n < 2 or not 0 < alpha < 1:
+        return float("nan")
+    return float(TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power,
+                                          alternative="two-sided"))
+
+
+def non_inferiority(values, margin: float) -> dict:
+    """One-sided t-test that the mean of ``values`` exceeds ``-margin`` (H0: mean <= -margin), for
+    claims of the form "the drop is at most margin"."""
+    d = _clean(values)
+    if len(d) < 2 or d.std(ddof=1) == 0:
+        above = len(d) >= 2 and d.mean() > -margin
+        return {"p_ni": 0.0 if above else 1.0}
+    return {"p_ni": float(stats.ttest_1samp(d + margin, 0.0, alternative="greater").pvalue)}
+
+
 def bootstrap_ci(values, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
     """Percentile-BCa bootstrap CI of the mean (scipy.stats.bootstrap); NaNs if n < 2 or no spread."""
     v = _clean(values)

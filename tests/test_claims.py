@@ -197,3 +197,40 @@ def test_mergemany_claims_show_convergence_and_the_converged_only_verdict():
     assert rows.verdict.iloc[0] == "supported" and rows.verdict_converged_only.iloc[0] == "inconclusive"
     caveat = claim_verdicts(rows).caveat.iloc[0]
     assert "rests on unconverged MergeMany: 20/24 models converged; on the converged ones only: inconclusive" in caveat
+
+
+def test_units_that_disagree_significantly_are_mixed():
+    # hierarchical beats MergeMany at depth 1 and loses at depth 2: both significant
+    table = synthetic_results(pools=4, depth=3, seeds=(0,), noise=0.0005,
+                              effects={"hierarchical": lambda d: {1: 0.02, 2: -0.02, 3: 0.0}[d]})
+    claim = Claim("X-mixed", "s", "q", "clean_accuracy", "paired", "greater", a="hierarchical", b="mergemany",
+                  depth=(1, 2))
+    rows = evaluate_claims([claim], Results(table, pool_depth=3), n_boot=200)
+    assert list(rows.verdict) == ["supported", "contradicted"]
+    v = claim_verdicts(rows)
+    assert v.verdict.iloc[0] == "mixed" and "depth 1" in v.detail.iloc[0] and "depth 2" in v.detail.iloc[0]
+
+
+def test_equivalence_is_contradicted_only_when_the_whole_ci_is_outside_the_margin():
+    near = synthetic_results(pools=4, depth=2, seeds=(0,), noise=0.0002,
+                             effects={"hierarchical": lambda d: 0.008})  # significant, but inside 0.01
+    far = synthetic_results(pools=4, depth=2, seeds=(0,), noise=0.0002,
+                            effects={"hierarchical": lambda d: 0.05})
+    claim = Claim("X-eq", "s", "q", "clean_accuracy", "paired", "equivalent", a="hierarchical", b="mergemany",
+                  depth=(1,), margin=0.01)
+    r_near = evaluate_claims([claim], Results(near, pool_depth=2), n_boot=200).iloc[0]
+    r_far = evaluate_claims([claim], Results(far, pool_depth=2), n_boot=200).iloc[0]
+    assert r_near.p_t < 0.01 and r_near.verdict != "contradicted"
+    assert r_far.ci_low > 0.01 and r_far.verdict == "contradicted"
+
+
+def test_mde_is_given_at_the_holm_level_of_its_test():
+    table = synthetic_results(pools=4, depth=3, seeds=(0,), noise=0.002)
+    claims = [Claim(f"X{d}", "s", "q", "clean_accuracy", "paired", "greater", a="hierarchical", b="mergemany",
+                    depth=(d,)) for d in (1, 2, 3)]
+    rows = evaluate_claims(claims, Results(table, pool_depth=3), n_boot=200)
+    assert sorted(rows.alpha_holm.round(6)) == sorted(np.round([0.05 / 3, 0.05 / 2, 0.05], 6))
+    ok = rows.n >= 2
+    assert (rows.mde[ok] >= rows.mde_raw[ok] - 1e-12).all()
+    strictest = rows.loc[rows.alpha_holm.idxmin()]
+    assert strictest.mde > strictest.mde_raw  # held to alpha / 3, it needs a larger effect

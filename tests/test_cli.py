@@ -88,7 +88,7 @@ def test_claims_prints_the_verdict_table(tmp_path):
         " b: hierarchical, depth: [3], expect: greater}\n")
     res = CliRunner().invoke(main, ["claims", "--claims", str(claims), "--params", str(params)])
     assert res.exit_code == 0, res.output
-    assert "h-beats-mm" in res.output and "1 supported, 1 contradicted, 0 inconclusive" in res.output
+    assert "h-beats-mm" in res.output and "1 supported, 1 contradicted, 0 mixed, 0 inconclusive" in res.output
     res = CliRunner().invoke(main, ["claims", "--detail", "--format", "csv", "--claims", str(claims),
                                     "--params", str(params)])
     assert res.output.count("\n") == 1 + 3

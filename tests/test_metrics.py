@@ -190,7 +190,9 @@ def test_evaluate_returns_a_tidy_table(trained_pair):
     assert not table.duplicated(["model", "metric", "eps"]).any()
     one = table[table.model == "a"].set_index(["metric", "eps"]).value
     per_model = {m: len(t) for m, t in table.groupby("model")}
-    assert per_model["a"] == per_model["b"] == 2 + 4 + 2 + 3 + 2 + 2 + 2
+    # clean 2, FGSM 4, PGD 2, DeepFool 3 + 2, weight norm + global + paper 3, local 2, A&M 2
+    assert per_model["a"] == per_model["b"] == 2 + 4 + 2 + 3 + 2 + 3 + 2 + 2
+    assert one[("lipschitz_am_max", cfg.lipschitz_radius)] <= one[("lipschitz_local_max", cfg.lipschitz_radius)]
     clean = table[(table.model == "a") & (table.metric == "clean_accuracy")].value.item()
     assert one[("fgsm_robust_accuracy", 0.0)] == clean
     assert clean == pytest.approx(evaluate_params(models[0], x, y)[0])
@@ -226,3 +228,73 @@ def test_stacked_attacks_equal_one_model_at_a_time(real_data):
     pd.testing.assert_frame_equal(one, stacked)
     attacked = one[one.metric.str.startswith(("fgsm_robust", "pgd_robust")) & (one.eps > 0)]
     assert (attacked.value < one[one.metric == "clean_accuracy"].value.max()).all()  # the attacks did something
+
+
+# ---------------------------------------------------------------- the paper's Lipschitz quantity
+
+def reference_mlp(sizes):
+    """The MLPs the reference values below were computed on: torch.manual_seed(0), then
+    nn.Linear layers created in order (default init), ReLU between them."""
+    torch.manual_seed(0)
+    lins = [torch.nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+    return [(lin.weight.detach(), lin.bias.detach()) for lin in lins]
+
+
+# Values produced by HeinrichAD/local_lipschitz@778d7dec (the code Franke et al. used), run outside
+# this project: its global bound with 100 power iterations started from torch.manual_seed(0)
+# ("ref100"), and its local bound (full layer list, ReLUs included) with the power iterations
+# converged, i.e. exact spectral norms ("exact"; the 100-step values agree to ~1e-7 on the small
+# net and to ~3% on the larger one, whose first layer converges slowly).
+REFERENCE = {
+    (8, 16, 16, 4): {"ref100_global": 1.044890954700007, "exact_global": 1.045060345314196,
+                     "local": {0.1: [0.3795803302210679, 0.4510367929263257, 0.6327410504559116],
+                               0.5: [0.6105508059341413, 0.6762733848448382, 0.830734323948664]}},
+    (64, 128, 128, 64, 10): {"ref100_global": 1.0892916977937699, "exact_global": 1.0893148304138016,
+                             "local": {0.1: [0.567379871645171, 0.5438342381627921, 0.43055719396890724]}},
+}
+
+
+@pytest.mark.parametrize("sizes", list(REFERENCE))
+def test_am_local_bound_and_paper_quantity_match_the_reference_code(sizes):
+    from audit.metrics import am_local_bound, global_lipschitz_bound, power_iteration_norm
+
+    ref = REFERENCE[sizes]
+    layers = reference_mlp(sizes)
+    if sizes[0] == 8:  # the generator reproduces the reference's weights
+        assert layers[0][0][0, :3].tolist() == pytest.approx([-0.0026469905860722065, 0.18966144323349,
+                                                              -0.2909903824329376], abs=1e-8)
+    points = torch.as_tensor(np.random.default_rng(1).uniform(0, 1, (3, sizes[0])), dtype=torch.float32)
+    for radius, want in ref["local"].items():
+        np.testing.assert_allclose(am_local_bound(layers, points, radius), want, rtol=1e-6)
+    assert global_lipschitz_bound(layers) == pytest.approx(ref["exact_global"], rel=1e-9)
+    g = torch.Generator().manual_seed(0)
+    paper = math.prod(power_iteration_norm(w, 100, g) for w, _ in layers)
+    assert paper == pytest.approx(ref["ref100_global"], rel=1e-6)
+
+
+def test_am_bound_holds_around_the_centre_and_is_below_the_pairwise_bound(trained):
+    from audit.metrics import local_lipschitz, local_lipschitz_am
+
+    data, params, _, _ = trained
+    model = MLP.from_state_dict(params).double()
+    x0 = torch.as_tensor(data.x_test[:6]).double().flatten(1)
+    for radius in (0.1, 1.0):
+        am = local_lipschitz_am(params, x0.float(), radius)
+        assert (am <= local_lipschitz(params, x0.float(), radius) * (1 + 1e-9)).all()
+        g = torch.Generator().manual_seed(0)
+        for i in range(len(x0)):
+            d = torch.randn(400, x0.shape[1], generator=g, dtype=torch.float64)
+            d = d / d.norm(dim=1, keepdim=True) * radius * torch.rand(400, 1, generator=g, dtype=torch.float64)
+            ratio = (model(x0[i] + d) - model(x0[i:i + 1])).norm(dim=1) / d.norm(dim=1)
+            assert float(ratio.max()) <= am[i] * (1 + 1e-9)
+
+
+def test_paper_quantity_ignores_normalization_and_underestimates_the_exact_product():
+    from audit.metrics import lipschitz_paper
+
+    torch.manual_seed(0)
+    a = MLP(20, (16, 16), 5, mean=0.5, std=0.25).state_dict()
+    b = {**a, "norm.std": a["norm.std"] * 4}  # another input normalization, same layers
+    assert lipschitz_paper(a) == lipschitz_paper(b)  # w.r.t. normalized inputs
+    exact = math.prod(torch.linalg.matrix_norm(a[k].double(), 2).item() for k in a if k.endswith("weight"))
+    assert lipschitz_paper(a) <= exact * (1 + 1e-6)

@@ -75,3 +75,23 @@ def test_degenerate_samples_do_not_crash():
     assert stats.paired([1.0], [0.0])["p_t"] == 1.0
     res = stats.paired([1.0, 1.0, 1.0], [0.0, 0.0, 0.0])  # constant non-zero difference
     assert res["effect"] == 1.0 and res["p_t"] == 0.0
+
+
+def test_non_inferiority_rejects_a_boundary_null_at_most_alpha_and_finds_a_real_margin():
+    """Planted mean exactly at -margin (the null's boundary): rejected <= alpha of the time; a
+    planted mean of 0 with the same spread is found."""
+    rng = np.random.default_rng(0)
+    margin, n, sims = 0.004, 12, 600
+    null = np.mean([stats.non_inferiority(rng.normal(-margin, 0.003, n), margin)["p_ni"] < 0.05 for _ in range(sims)])
+    alt = np.mean([stats.non_inferiority(rng.normal(0.0, 0.003, n), margin)["p_ni"] < 0.05 for _ in range(sims)])
+    assert null <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / sims)  # within sampling error of alpha
+    assert alt >= 0.8
+    # hand-computed: t = (mean + margin) / (sd / sqrt(n)), one-sided
+    x = np.array([0.001, -0.002, 0.0, 0.003, -0.001])
+    t = (x.mean() + margin) / (x.std(ddof=1) / np.sqrt(len(x)))
+    assert stats.non_inferiority(x, margin)["p_ni"] == pytest.approx(sps.t.sf(t, len(x) - 1), rel=1e-10)
+
+
+def test_detectable_d_grows_as_the_level_tightens():
+    assert stats.detectable_d(10, 0.05 / 19) > stats.detectable_d(10, 0.05) > stats.detectable_d(40, 0.05)
+    assert np.isnan(stats.detectable_d(1, 0.05))
