@@ -111,10 +111,25 @@ def _exit_with_parent(parent: int, every: float = 0.5) -> None:
     threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
+def _ray_without_uv_workers():
+    """Import ray with its `uv run` worker propagation off (see `ray_init`)."""
+    os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] = "0"
+    import ray
+    from ray._private import ray_constants
+
+    ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = False  # read at import: also if ray came in before
+    return ray
+
+
 def ray_init(address: str | None):
     """Connect to the cluster (``address``, else ``RAY_ADDRESS``) or start a local instance."""
-    import ray
-
+    # Ray (>= 2.43) notices a driver started under `uv run` (any ancestor process, e.g. `uv run
+    # pytest` or `make test`) and makes every worker re-run that `uv run` command in the driver's
+    # working directory. In a directory that is not this project (a DVC experiment, a scratch
+    # copy) uv then builds a fresh environment without ray, and the workers die at start
+    # ("No module named 'ray'", RaySystemError) until uv's cache happens to be warm. Workers must
+    # use the cluster's own Python environment; the package itself travels as py_modules.
+    ray = _ray_without_uv_workers()
     if ray.is_initialized():
         return ray
     import audit

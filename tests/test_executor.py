@@ -37,3 +37,22 @@ def test_a_dead_worker_is_reported_by_the_tasks_name():
     with pytest.raises(TaskError, match="task crash: its worker process died"):
         run_tasks(square, [Task("crash", (99,))] + [Task(f"t{i}", (i,)) for i in range(3)],
                   lambda t, r: done.append(t.name), config=ExecutorConfig("local", 2), common=(0,), progress=False)
+
+
+def test_ray_workers_use_the_clusters_python_even_under_uv_run(monkeypatch):
+    """A driver started under `uv run` (make test, uv run dvc repro) must not make Ray re-run that
+    command in each worker's directory: there uv builds an environment without ray and workers die
+    at start (the RaySystemError of a first run on a fresh machine)."""
+    from ray._private import worker
+    from ray._private.runtime_env import uv_runtime_env_hook
+
+    from audit.executor import _ray_without_uv_workers
+
+    monkeypatch.setattr(uv_runtime_env_hook, "_get_uv_run_cmdline", lambda: ["uv", "run", "pytest"])
+    monkeypatch.setenv("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "1")
+    from ray._private import ray_constants
+    monkeypatch.setattr(ray_constants, "RAY_ENABLE_UV_RUN_RUNTIME_ENV", True)
+    env = {"py_modules": ["/x/audit"]}
+    assert "py_executable" in (worker._maybe_modify_runtime_env(dict(env), False) or {})  # what Ray would do
+    _ray_without_uv_workers()
+    assert worker._maybe_modify_runtime_env(dict(env), False) == env
