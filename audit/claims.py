@@ -38,8 +38,8 @@ import pandas as pd
 from . import stats
 from .config import read_yaml
 
-TESTS = ("paired", "depth_change", "vs_base", "trend", "unpaired", "sides")
-EXPECT = ("greater", "less", "equivalent", "non_inferior")
+TESTS = ("paired", "depth_change", "vs_base", "trend", "unpaired", "sides", "crossing", "spread_trend")
+EXPECT = ("greater", "less", "equivalent", "non_inferior", "within")
 VERDICTS = ("supported", "contradicted", "mixed", "inconclusive")
 # Every metric `audit.metrics.evaluate` writes (the registry may name no other).
 METRICS = ("clean_accuracy", "clean_loss", "fgsm_robust_accuracy", "fgsm_success_rate", "pgd_robust_accuracy",
@@ -72,6 +72,10 @@ class Claim:
     from_depth: int | None = None
     to_depth: int | None = None
     margin: float | None = None
+    # A number the claim is stated against: directional tests compare the effect with ``reference``
+    # instead of 0 (e.g. "a bigger drop than the 0 reported"); ``within`` claims with ``interval``.
+    reference: float | None = None
+    interval: tuple[float, float] | None = None
     include_base: bool = False
     note: str = ""
     control: bool = False  # a control the review asked for, not a claim of a paper
@@ -121,6 +125,15 @@ def load_claims(path: str | Path) -> list[Claim]:
         seen.add(e["id"])
         depth = e.get("depth", ())
         e = {**e, "depth": tuple(depth if isinstance(depth, list) else [depth]) if depth != () else ()}
+        if e["expect"] == "within":
+            iv = e.get("interval")
+            if not (isinstance(iv, list) and len(iv) == 2 and all(isinstance(v, (int, float)) for v in iv)
+                    and iv[0] < iv[1]):
+                raise ClaimsError(f"{where}: interval: expect within needs [low, high] with low < high, got {iv!r}")
+            e["interval"] = (float(iv[0]), float(iv[1]))
+        for key in ("reference", "margin", "eps"):
+            if e.get(key) is not None and (not isinstance(e[key], (int, float)) or isinstance(e[key], bool)):
+                raise ClaimsError(f"{where}: {key}: expected a number, got {e[key]!r}")
         out.append(Claim(**e))
     return out
 
@@ -177,7 +190,7 @@ def check_claims(claims: list[Claim], *, methods, depth: int, path: str | Path =
                 check_selector(c, key, v)
             else:
                 check_method(c, key, v)
-        if c.test in ("paired", "depth_change", "vs_base", "trend") and c.a is None:
+        if c.test in ("paired", "depth_change", "vs_base", "trend", "crossing", "spread_trend") and c.a is None:
             raise ClaimsError(f"{path}: claim {c.id}: a: missing; test {c.test} needs a method")
         if c.test == "paired" and c.b is None:
             raise ClaimsError(f"{path}: claim {c.id}: b: missing; test paired compares a with b")
@@ -211,6 +224,14 @@ class Results:
     pool_depth: int  # D
     main_side: str = "second"
     _cache: dict = field(default_factory=dict)
+
+    def eps_grid(self, metric: str) -> list[float]:
+        """The eps at which the run measured ``metric``."""
+        t = self.table[self.table.metric == metric]
+        grid = sorted(float(e) for e in t.eps.dropna().unique())
+        if not grid:
+            raise NotMeasured(f"no results for {metric!r} at any eps")
+        return grid
 
     def converged_only(self) -> "Results":
         """The same results without the MergeMany models that stopped at their pass cap."""
@@ -301,10 +322,16 @@ def _test_claim(c: Claim, r: Results, margin: float, alpha: float, n_boot: int, 
 
     def add(label: str, a, b=None, res: dict | None = None):
         if res is None:
-            res = stats.paired(a, b, **kw) if b is not None else stats.one_sample(a, **kw)
             diff = a - b if b is not None else a
+            ref = c.reference or 0.0
+            res = stats.one_sample(diff, ref, **kw) if ref else \
+                (stats.paired(a, b, **kw) if b is not None else stats.one_sample(a, **kw))
+            if ref:  # report the difference itself; the test is against the reference
+                res.update(effect=float(np.mean(diff)), ci_low=res["ci_low"] + ref, ci_high=res["ci_high"] + ref)
             if c.expect == "equivalent":
                 res.update(stats.equivalence(diff, np.zeros_like(diff), margin))
+            elif c.expect == "within":
+                res.update(stats.equivalence(diff, np.zeros_like(diff), margin, bounds=c.interval))
             elif c.expect == "non_inferior":
                 res.update(stats.non_inferiority(diff, margin))
         rows.append({"unit": label, **res})
@@ -338,6 +365,35 @@ def _test_claim(c: Claim, r: Results, margin: float, alpha: float, n_boot: int, 
         a = r.select(c.a, c.metric, c.eps).to_numpy()
         b = r.select(c.b, c.metric, c.eps).to_numpy()
         add(f"{c.a} vs {c.b}", None, res=stats.unpaired(a, b, **kw))
+    elif c.test == "crossing":
+        # Where the method's curve over eps crosses that of the base models it merged: per group,
+        # merged minus the mean of its members at every eps of the grid (design: same groups).
+        grid = r.eps_grid(c.metric)
+        for d in c.depth or range(1, r.pool_depth + 1):
+            curves = []
+            for e in grid:
+                a_, b_ = _aligned(r.by_group(c.metric, e, c.a, d), r.base_members(c.metric, e, d))
+                curves.append(a_ - b_)
+            if not curves or len({len(x) for x in curves}) != 1:
+                raise NotMeasured(f"{c.metric}: groups differ across the eps grid at depth {d}")
+            res = stats.crossing_ci(np.array(curves).T, np.array(grid), n_boot=n_boot, seed=seed)
+            res["model"] = f"eps grid {', '.join(f'{e:g}' for e in grid)}"
+            add(f"depth {d}: eps where {c.a} meets its base models", None, res=res)
+    elif c.test == "spread_trend":
+        # Does the spread between models shrink with depth? Per pool and depth: the log of the
+        # standard deviation over the method's models there (base models = depth 0), then its
+        # trend over depth with the pool as a random effect. Averaging n independent models
+        # shrinks the spread by sqrt(n) for any models, so this is a statement about merging only
+        # beside naive averaging's spread.
+        t = r.values(c.metric, c.eps)
+        sel = t[(t.kind == "merged") & (t.method == c.a) & (t.side.isna() | (t.side == r.main_side))]
+        sel = pd.concat([sel, t[t.kind == "base"]]) if c.include_base else sel
+        spread = sel.groupby(["pool", "depth"]).value.agg(["std", "count"]).reset_index()
+        spread = spread[(spread["count"] >= 2) & (spread["std"] > 0)]
+        frame = pd.DataFrame({"value": np.log(spread["std"]), "depth": spread.depth, "pool": spread.pool})
+        res = stats.depth_trend(frame)
+        res.setdefault("mde", float("nan"))
+        add(f"slope of log sd per merge level ({c.a})", None, res=res)
     elif c.test == "sides":
         t = r.values(c.metric, c.eps)
         h = t[(t.kind == "merged") & (t.method == "hierarchical")]
@@ -394,6 +450,7 @@ def _evaluate(claims: list[Claim], results: Results, alpha: float, margin: float
             rows.append({"id": c.id, "source": c.source, "metric": c.metric, "eps": c.eps, "test": c.test,
                          "expect": c.expect, "control": c.control,
                          "by_construction": c.by_construction, "informative": c.informative,
+                         "reference": c.reference, "interval": c.interval,
                          "margin": m if c.expect in ("equivalent", "non_inferior") else np.nan,
                          **{k: row.get(k, np.nan) for k in ("unit", "n", "effect", "ci_low", "ci_high", "d_z", "mde",
                                                              "p_t", "p_tost", "p_ni", "model")}})
@@ -402,7 +459,9 @@ def _evaluate(claims: list[Claim], results: Results, alpha: float, margin: float
         return out
     # One family: every claim's primary p-value (the t-test; TOST for equivalence claims, the
     # one-sided test for non-inferiority claims).
-    out["p"] = np.select([out.expect == "equivalent", out.expect == "non_inferior"], [out.p_tost, out.p_ni], out.p_t)
+    out["p"] = np.select([out.expect.isin(["equivalent", "within"]), out.expect == "non_inferior"],
+                         [out.p_tost, out.p_ni], out.p_t)
+    out.loc[out.test == "crossing", "p"] = np.nan  # decided by its CI alone, outside the Holm family
     out["p_holm"] = stats.holm(out.p.to_numpy(), alpha)
     out["alpha_holm"] = _holm_levels(out.p.to_numpy(), alpha)
     # The detectable effect at the level the verdict is held to (Holm's step for this test, not
@@ -429,7 +488,9 @@ def _holm_levels(p: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def _verdict(r, alpha: float) -> str:
-    if r.n is None or (isinstance(r.n, float) and math.isnan(r.n)) or r.n < 2 or math.isnan(r.p_holm):
+    if r.n is None or (isinstance(r.n, float) and math.isnan(r.n)) or r.n < 2:
+        return "inconclusive"
+    if math.isnan(r.p_holm) and r.test != "crossing":
         return "inconclusive"
     if r.expect == "equivalent":
         if r.p_holm < alpha:
@@ -439,13 +500,26 @@ def _verdict(r, alpha: float) -> str:
         if r.ci_low > r.margin or r.ci_high < -r.margin:
             return "contradicted"
         return "inconclusive"
+    if r.expect == "within" and r.test == "crossing":  # a CI, no p-value
+        lo, hi = r.interval
+        if not (np.isfinite(r.ci_low) and np.isfinite(r.ci_high)):
+            return "inconclusive"
+        if lo <= r.ci_low and r.ci_high <= hi:
+            return "supported"
+        return "contradicted" if r.ci_high < lo or r.ci_low > hi else "inconclusive"
+    if r.expect == "within":
+        if r.p_holm < alpha:
+            return "supported"
+        lo, hi = r.interval
+        return "contradicted" if r.ci_high < lo or r.ci_low > hi else "inconclusive"
     if r.expect == "non_inferior":
         if r.p_holm < alpha:
             return "supported"
         return "contradicted" if r.ci_high < -r.margin else "inconclusive"
     if r.p_holm >= alpha:
         return "inconclusive"
-    sign_ok = r.effect > 0 if r.expect == "greater" else r.effect < 0
+    ref = 0.0 if r.reference is None or (isinstance(r.reference, float) and math.isnan(r.reference)) else r.reference
+    sign_ok = r.effect > ref if r.expect == "greater" else r.effect < ref
     return "supported" if sign_ok else "contradicted"
 
 

@@ -115,16 +115,53 @@ def holm(pvalues, alpha: float = 0.05) -> np.ndarray:
     return out
 
 
-def equivalence(a, b, margin: float) -> dict:
-    """Paired TOST: is the mean difference a - b within (-margin, +margin)? (statsmodels ttost_paired)."""
+def equivalence(a, b, margin: float, bounds: tuple[float, float] | None = None) -> dict:
+    """Paired TOST: is the mean difference a - b within (-margin, +margin), or within ``bounds``
+    (low, high) when given? (statsmodels ttost_paired)."""
     a, b = _clean(a), _clean(b)
+    low, high = bounds if bounds is not None else (-margin, margin)
     d = a - b
     if len(d) < 2 or d.std(ddof=1) == 0:
-        inside = len(d) >= 2 and abs(d.mean()) < margin
+        inside = len(d) >= 2 and low < d.mean() < high
         return {"n": len(d), "effect": float(d.mean()) if len(d) else float("nan"), "margin": margin,
                 "p_tost": 0.0 if inside else 1.0}
-    p, _, _ = ttost_paired(a, b, -margin, margin)
+    p, _, _ = ttost_paired(a, b, low, high)
     return {"n": len(d), "effect": float(d.mean()), "margin": margin, "p_tost": float(p)}
+
+
+def crossing(curves: np.ndarray, eps: np.ndarray) -> float:
+    """The first eps at which the mean of ``curves`` (units x eps) changes sign, linearly
+    interpolated between grid points; NaN if it never does (or the mean is 0 throughout)."""
+    m = np.nanmean(curves, axis=0)
+    for i in range(len(eps) - 1):
+        if m[i] == 0:
+            return float(eps[i])
+        if np.sign(m[i]) != np.sign(m[i + 1]) and m[i + 1] != 0:
+            return float(eps[i] + (eps[i + 1] - eps[i]) * m[i] / (m[i] - m[i + 1]))
+    return float(eps[-1]) if len(m) and m[-1] == 0 else float("nan")
+
+
+def crossing_ci(curves: np.ndarray, eps: np.ndarray, *, n_boot: int = 2000, seed: int = 0,
+                level: float = 0.95) -> dict:
+    """`crossing` with a percentile bootstrap CI over units (rows). Resamples without a crossing
+    count as outside the grid: if more than (1 - level)/2 of them have none, the CI is unbounded
+    (NaN), since the crossing may then lie beyond the measured eps range."""
+    curves = np.asarray(curves, dtype=float)
+    n = len(curves)
+    est = crossing(curves, eps)
+    if n < 2:
+        return {"n": n, "effect": est, "ci_low": float("nan"), "ci_high": float("nan")}
+    rng = np.random.default_rng(seed)
+    boots = np.array([crossing(curves[rng.integers(0, n, n)], eps) for _ in range(n_boot)])
+    tail = (1 - level) / 2
+    if np.isnan(boots).mean() > tail:
+        lo = hi = float("nan")
+    else:
+        # NaNs (no crossing) sort past every crossing: they can only widen the upper end
+        ranked = np.sort(np.where(np.isnan(boots), np.inf, boots))
+        lo, hi = (float(ranked[int(np.floor(q * (n_boot - 1)))]) for q in (tail, 1 - tail))
+        hi = float("nan") if np.isinf(hi) else hi
+    return {"n": n, "effect": est, "ci_low": lo, "ci_high": hi}
 
 
 def unpaired(a, b, *, alpha: float = 0.05, n_boot: int = 2000, seed: int = 0) -> dict:

@@ -3,6 +3,7 @@ import textwrap
 import pytest
 
 import numpy as np
+import pandas as pd
 
 from audit.claims import (Claim, ClaimsError, Results, check_claims, claim_verdicts, evaluate_claims, load_claims,
                           verdict_reading)
@@ -103,12 +104,21 @@ def test_the_shipped_registry_loads_and_names_real_metrics():
 
     claims = load_claims(REPO / "reports/claims.yaml")
     assert len(claims) >= 15 and len({c.id for c in claims}) == len(claims)
-    known = {"clean_accuracy", "fgsm_robust_accuracy", "fgsm_success_rate", "deepfool_median_norm",
-             "weight_norm", "lipschitz_local_mean", "lipschitz_global", "pgd_robust_accuracy"}
-    assert {c.metric for c in claims} <= known
+    # what evaluate() really writes, on a tiny model: the registry and claims.METRICS name exactly that
+    import torch
+
+    from audit.claims import METRICS
+    from audit.metrics import evaluate
+    from audit.models import MLP
+
+    torch.manual_seed(0)
+    table = evaluate({"m": MLP(6, (5,), 3).state_dict()}, torch.rand(8, 6), torch.randint(0, 3, (8,)),
+                     EvalConfig(fgsm_eps=(0.01,), pgd_eps=(0.01,), deepfool_eps=(0.5,), lipschitz_points=2))
+    assert set(table.metric) == set(METRICS)
+    assert {c.metric for c in claims} <= set(table.metric)
     cfg = EvalConfig()
     for c in claims:
-        if c.metric.startswith("fgsm"):
+        if c.metric.startswith("fgsm") and c.test != "crossing":  # a crossing spans the whole grid
             assert c.eps in cfg.fgsm_eps, c.id
     assert any(c.control for c in claims) and any(c.source.startswith("Ainsworth") for c in claims)
     assert any(c.source.startswith("Secondary") for c in claims)
@@ -234,3 +244,70 @@ def test_mde_is_given_at_the_holm_level_of_its_test():
     assert (rows.mde[ok] >= rows.mde_raw[ok] - 1e-12).all()
     strictest = rows.loc[rows.alpha_holm.idxmin()]
     assert strictest.mde > strictest.mde_raw  # held to alpha / 3, it needs a larger effect
+
+
+def _crossing_table(cross_at, pools=4, noise=0.002, seed=0):
+    """FGSM robust accuracy over eps: base models fall linearly from 0.9; merged models have a
+    flatter curve that meets the base line at ``cross_at`` (None: merged is always above)."""
+    rng = np.random.default_rng(seed)
+    grid = [0.0, 0.005, 0.01, 0.02, 0.05, 0.1]
+    rows = []
+    base = synthetic_results(pools=pools, depth=2, seeds=(0,), noise=0.0)
+    for r in base.itertuples():
+        for e in grid:
+            v = 0.9 - 4 * e
+            if r.kind == "merged":
+                v += (0.002 if cross_at is None else (e - cross_at) * 1.0) + rng.normal(0, noise)
+            rows.append({**r._asdict(), "eps": e, "value": v, "metric": "fgsm_robust_accuracy"})
+    return pd.DataFrame(rows).drop(columns="Index")
+
+
+def test_crossing_is_located_with_a_ci_and_decides_within_the_interval():
+    claim = Claim("F13-x", "s", "q", "fgsm_robust_accuracy", "crossing", "within", a="hierarchical",
+                  interval=(0.005, 0.02))
+    near = evaluate_claims([claim], Results(_crossing_table(0.01, noise=0.0005), pool_depth=2), n_boot=300)
+    assert (near.effect - 0.01).abs().max() < 0.002
+    assert (near.ci_low <= 0.01).all() and (near.ci_high >= 0.01).all()
+    assert set(near.verdict) == {"supported"}
+    far = evaluate_claims([claim], Results(_crossing_table(0.07, noise=0.0005), pool_depth=2), n_boot=300)
+    assert set(far.verdict) == {"contradicted"}
+    never = evaluate_claims([claim], Results(_crossing_table(None, noise=0.0005), pool_depth=2), n_boot=300)
+    assert never.effect.isna().all() and set(never.verdict) == {"inconclusive"}
+
+
+def test_within_claims_test_a_magnitude():
+    table = synthetic_results(pools=4, depth=2, seeds=(0,), noise=0.0005, effects={"hierarchical": lambda d: 0.045})
+    claim = Claim("S1-x", "s", "q", "clean_accuracy", "vs_base", "within", a="hierarchical", depth=(1,),
+                  interval=(0.032, 0.058))
+    assert evaluate_claims([claim], Results(table, pool_depth=2), n_boot=200).verdict.iloc[0] == "supported"
+    small = synthetic_results(pools=4, depth=2, seeds=(0,), noise=0.0005, effects={"hierarchical": lambda d: 0.01})
+    assert evaluate_claims([claim], Results(small, pool_depth=2), n_boot=200).verdict.iloc[0] == "contradicted"
+
+
+def test_a_reference_moves_what_a_directional_claim_is_tested_against():
+    table = synthetic_results(pools=4, depth=2, seeds=(0,), noise=0.0005, effects={"hierarchical": lambda d: -0.004})
+    base = dict(id="F11-x", source="s", quote="q", metric="clean_accuracy", test="vs_base", expect="less",
+                a="hierarchical", depth=(1,))
+    any_drop = evaluate_claims([Claim(**base)], Results(table, pool_depth=2), n_boot=200).iloc[0]
+    big_drop = evaluate_claims([Claim(**base, reference=-0.01)], Results(table, pool_depth=2), n_boot=200).iloc[0]
+    assert any_drop.verdict == "supported"  # a drop, yes
+    assert big_drop.verdict == "contradicted"  # but not one 1 point bigger than the reported 0
+    assert big_drop.effect == pytest.approx(any_drop.effect)
+
+
+def test_spread_trend_finds_a_shrinking_spread_and_not_a_constant_one():
+    rng = np.random.default_rng(0)
+    rows = []
+    for p in range(4):
+        for d in range(0, 4):
+            for i in range(8):
+                rows.append({"model": f"m{p}{d}{i}", "kind": "base" if d == 0 else "merged",
+                             "method": "none" if d == 0 else "hierarchical", "pool": p, "depth": d, "group": i,
+                             "merge_seed": 0, "side": np.nan, "seed": i, "metric": "weight_norm", "eps": np.nan,
+                             "shrink": 10 + rng.normal(0, 1.0 / 2 ** d), "flat": 10 + rng.normal(0, 1.0)})
+    t = pd.DataFrame(rows)
+    claim = Claim("F16-x", "s", "q", "weight_norm", "spread_trend", "less", a="hierarchical", include_base=True)
+    shrink = evaluate_claims([claim], Results(t.assign(value=t.shrink), pool_depth=3), n_boot=100).iloc[0]
+    flat = evaluate_claims([claim], Results(t.assign(value=t.flat), pool_depth=3), n_boot=100).iloc[0]
+    assert shrink.verdict == "supported" and shrink.effect == pytest.approx(np.log(0.5), abs=0.15)
+    assert flat.verdict != "supported"
