@@ -143,13 +143,14 @@ def _nearest(value, allowed) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def check_claims(claims: list[Claim], *, methods, depth: int, path: str | Path = "claims registry") -> None:
-    """Refuse a registry that names what no run can have: an unknown metric, method, selector or
-    an impossible depth is a `ClaimsError` naming the claim, the key and the nearest valid value,
-    raised before anything is computed. (An eps the run did not measure, or a depth beyond this
-    run's ``zoo.depth``, a method or regularized baseline this run did not make: such a claim
-    reads "not measured" or has no units.) ``methods``: every merge method the tool knows.
-    ``depth`` only names the valid range in messages."""
+def check_claims(claims: list[Claim], *, methods, depth: int, path: str | Path = "claims registry",
+                 beyond_depth: str = "error") -> None:
+    """Refuse a registry that names what this run cannot have: an unknown metric, method, test or
+    selector, an impossible depth or one beyond ``zoo.depth`` (unless ``beyond_depth`` is
+    "not_measured") is a `ClaimsError` naming the claim, the key and the nearest valid value,
+    raised before anything is computed. (An eps the run did not measure, a method or regularized
+    baseline it did not make: such a claim reads "not measured" or has no units.) ``methods``:
+    every merge method the tool knows."""
     methods = list(methods)
     ids = {c.id for c in claims}
 
@@ -162,10 +163,12 @@ def check_claims(claims: list[Claim], *, methods, depth: int, path: str | Path =
             fail(c, key, m, methods, "unknown method")
 
     def check_depth(c: Claim, key: str, d):
-        # A depth beyond zoo.depth is a shallower run's limit, not a typo: the shipped registry
-        # names the paper's depths (4, 8 and 16 models), so such a claim reads "not measured".
         if not isinstance(d, int) or isinstance(d, bool) or d < 1:
             fail(c, key, d, list(range(1, depth + 1)), "depth must be an integer >= 1, got")
+        if d > depth and beyond_depth == "error":
+            raise ClaimsError(f"{path}: claim {c.id}: {key}: depth {d} ({2 ** d} models) exceeds zoo.depth "
+                              f"{depth}; the nearest valid depth is {depth} (or set audit.beyond_depth: "
+                              "not_measured to report such claims as not measured)")
 
     def check_selector(c: Claim, key: str, sel):
         spec, at, d = str(sel).partition("@")

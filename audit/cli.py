@@ -137,7 +137,8 @@ def claims_cmd(claims_path: str, detail: bool, fmt: str, params_path: str) -> No
     params = _load(params_path)
     try:  # the registry is user input: checked before anything is computed
         claims = load_claims(claims_path)
-        check_claims(claims, methods=METHODS, depth=params.zoo.depth, path=claims_path)
+        check_claims(claims, methods=METHODS, depth=params.zoo.depth, path=claims_path,
+                     beyond_depth=params.audit.beyond_depth)
     except ClaimsError as e:
         raise click.ClickException(str(e)) from None
     params, results = _results(params_path)

@@ -157,8 +157,13 @@ class AuditParams:
     equivalence_margin: float = 0.01  # TOST margin for "no influence" claims, in the metric's units
     bootstrap: int = 2000  # bootstrap resamples for confidence intervals
     seed: int = 0  # bootstrap seed
+    # A registry claim naming a depth beyond zoo.depth: "error" stops the audit with one line naming
+    # it (the default: a typo or the wrong preset); "not_measured" reports that claim as not
+    # measured (a deliberately shallow run with the shipped, paper-scale registry).
+    beyond_depth: str = "error"
 
     def check(self):
+        _one_of("beyond_depth", self.beyond_depth, ("error", "not_measured"))
         if not 0.0 < self.alpha < 1.0:
             raise ValueError(f"alpha: must be in (0, 1), got {self.alpha}")
         if self.equivalence_margin <= 0:

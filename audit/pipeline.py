@@ -599,7 +599,7 @@ def run_audit(params: Params, root: Path) -> dict:
 
     try:  # a bad registry is refused before anything is computed
         check_claims(load_claims(root / CLAIMS_YAML), methods=METHODS, depth=params.zoo.depth,
-                     path=root / CLAIMS_YAML)
+                     path=root / CLAIMS_YAML, beyond_depth=params.audit.beyond_depth)
     except ClaimsError as e:
         raise PipelineError(str(e)) from None
     results = load_results(params, root)

@@ -160,6 +160,8 @@ def _registry(tmp_path, **claim):
     ({"metric": "clean_acuracy"}, r"claim X1-test: metric: unknown value 'clean_acuracy'; did you mean 'clean_accuracy'\?"),
     ({"a": "hierarchicl"}, r"claim X1-test: a: unknown method 'hierarchicl'; did you mean 'hierarchical'\?"),
     ({"depth": [0]}, r"claim X1-test: depth: depth must be an integer >= 1, got 0"),
+    ({"depth": [5]}, r"claim X1-test: depth: depth 5 \(32 models\) exceeds zoo.depth 4; the nearest valid depth is 4"),
+    ({"test": "depth_change", "from_depth": 2, "to_depth": 6}, r"claim X1-test: to_depth: depth 6"),
     ({"test": "unpaired", "a": "regularised:l2", "b": "base"}, r"claim X1-test: a: unknown selector 'regularised:l2'"),
     ({"test": "unpaired", "a": "merged:hierarchical@x", "b": "base"}, r"claim X1-test: a: bad depth in selector"),
     ({"test": "sides", "depth": [1]}, r"claim X1-test: depth: 1 is an identity"),
@@ -170,6 +172,16 @@ def test_bad_registry_entries_name_the_claim_key_and_nearest_value(tmp_path, cla
     path = _registry(tmp_path, **claim)
     with pytest.raises(ClaimsError, match=message):
         check_claims(load_claims(path), methods=("hierarchical", "mergemany", "naive"), depth=4, path=path)
+
+
+def test_a_deeper_claim_is_not_measured_when_asked(tmp_path):
+    path = _registry(tmp_path, depth=[5])
+    claims = load_claims(path)
+    check_claims(claims, methods=("hierarchical", "mergemany", "naive"), depth=4, path=path,
+                 beyond_depth="not_measured")
+    rows = evaluate_claims(claims, Results(synthetic_results(pools=3, depth=4, seeds=(0,)), pool_depth=4), n_boot=100)
+    assert rows.unit.iloc[0].startswith("not measured: depth 5 (32 models) exceeds this run's zoo.depth 4")
+    assert rows.verdict.iloc[0] == "inconclusive"
 
 
 def test_the_shipped_registry_passes_its_own_checks():

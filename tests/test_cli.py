@@ -38,7 +38,7 @@ def fixture_project(tmp_path):
     (tmp_path / "results").mkdir()
     synthetic_results(effects={"hierarchical": lambda d: -0.01, "mergemany": lambda d: -0.01 - 0.02 * (d >= 2)}
                       ).to_csv(tmp_path / "results" / "evaluation.csv", index=False)
-    (tmp_path / "params.yaml").write_text("zoo:\n  depth: 3\naudit:\n  bootstrap: 500\n")
+    (tmp_path / "params.yaml").write_text("zoo:\n  depth: 3\naudit:\n  bootstrap: 500\n  beyond_depth: not_measured\n")
     return tmp_path / "params.yaml"
 
 
@@ -65,7 +65,7 @@ def test_compare_prints_per_depth_differences_to_the_baseline(tmp_path):
 
 
 def test_compare_and_claims_say_clearly_when_there_is_nothing_to_read(tmp_path):
-    (tmp_path / "params.yaml").write_text("zoo:\n  depth: 3\n")
+    (tmp_path / "params.yaml").write_text("zoo:\n  depth: 3\naudit:\n  beyond_depth: not_measured\n")
     for cmd in (["compare"], ["claims"]):
         res = CliRunner().invoke(main, [*cmd, "--params", str(tmp_path / "params.yaml")])
         assert res.exit_code == 1

@@ -21,6 +21,7 @@ TINY = {
     "merge": {"seeds": [0, 1], "mergemany_max_iter": 5, "workers": 1},
     "eval": {"metrics": {"lipschitz_points": 5, "fgsm_eps": [0.0, 0.01], "pgd_eps": [0.01],
                          "deepfool_eps": [0.5]}, "barrier_pairs": 1},
+    "audit": {"beyond_depth": "not_measured"},  # a depth-2 zoo against the paper-depth registry
 }
 
 

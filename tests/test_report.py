@@ -44,7 +44,7 @@ def run_dir(tmp_path_factory):
                   "accuracy": np.r_[0.9 - 0.5 * np.sin(np.pi * lam), 0.9 - 0.02 * np.sin(np.pi * lam)]}
                  ).to_csv(root / "results/barriers.csv", index=False)
     (root / "results/data.json").write_text(json.dumps({"name": "digits", "fingerprint": "ab" * 32}))
-    params = params_from_dict({"zoo": {"depth": 3, "pools": 3}, "audit": {"bootstrap": 500},
+    params = params_from_dict({"zoo": {"depth": 3, "pools": 3}, "audit": {"bootstrap": 500, "beyond_depth": "not_measured"},
                                "tracking": {"enabled": False}})
     from audit.pipeline import run_audit
     from tests.conftest import REPO
