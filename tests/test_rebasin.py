@@ -1,13 +1,11 @@
 import numpy as np
 import pytest
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from audit.models import MLP
 from audit.rebasin import (
     apply_permutation,
     check_compatible,
-    identity_perms,
     interpolate,
     invert_permutation,
     mlp_permutation_spec,
