@@ -132,8 +132,14 @@ def load_claims(path: str | Path) -> list[Claim]:
                 raise ClaimsError(f"{where}: interval: expect within needs [low, high] with low < high, got {iv!r}")
             e["interval"] = (float(iv[0]), float(iv[1]))
         for key in ("reference", "margin", "eps"):
-            if e.get(key) is not None and (not isinstance(e[key], (int, float)) or isinstance(e[key], bool)):
-                raise ClaimsError(f"{where}: {key}: expected a number, got {e[key]!r}")
+            v = e.get(key)
+            if isinstance(v, str):  # YAML 1.1 reads 1e-3 as a string
+                try:
+                    v = e[key] = float(v)
+                except ValueError:
+                    pass
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+                raise ClaimsError(f"{where}: {key}: expected a number, got {v!r}")
         out.append(Claim(**e))
     return out
 

@@ -323,3 +323,11 @@ def test_spread_trend_finds_a_shrinking_spread_and_not_a_constant_one():
     flat = evaluate_claims([claim], Results(t.assign(value=t.flat), pool_depth=3), n_boot=100).iloc[0]
     assert shrink.verdict == "supported" and shrink.effect == pytest.approx(np.log(0.5), abs=0.15)
     assert flat.verdict != "supported"
+
+
+def test_numbers_in_the_registry_are_checked(tmp_path):
+    assert load_claims(_registry(tmp_path, eps="1e-2", metric="fgsm_robust_accuracy"))[0].eps == 0.01
+    with pytest.raises(ClaimsError, match=r"claims\[0\] \(X1-test\): margin: expected a number, got 'wide'"):
+        load_claims(_registry(tmp_path, margin="wide"))
+    with pytest.raises(ClaimsError, match=r"interval: expect within needs \[low, high\] with low < high"):
+        load_claims(_registry(tmp_path, expect="within", interval=[0.05, 0.01]))
