@@ -15,7 +15,13 @@ from . import stats
 from .claims import NotMeasured, Results, _aligned
 
 COLUMNS = ["metric", "eps", "depth", "models", "method", "baseline", "n", "mean", "ci_low", "ci_high",
-           "baseline_mean", "diff", "diff_ci_low", "diff_ci_high", "d_z", "mde", "p", "p_holm", "verdict"]
+           "baseline_mean", "diff", "diff_ci_low", "diff_ci_high", "d_z", "mde", "p", "mergemany_converged",
+           "p_holm", "verdict"]
+
+
+def _convergence(results: Results, depth: int) -> str:
+    ok, total = results.mergemany_convergence((depth,))
+    return f"{ok}/{total}" if total else ""
 
 
 def compare(results: Results, *, baseline: str, methods: list[str] | None = None,
@@ -44,7 +50,10 @@ def compare(results: Results, *, baseline: str, methods: list[str] | None = None
                 rows.append({"metric": metric, "eps": eps, "depth": depth, "models": 2 ** depth, "method": method,
                              "baseline": baseline, "n": res["n"], "mean": res["mean_a"], "ci_low": lo, "ci_high": hi,
                              "baseline_mean": res["mean_b"], "diff": res["effect"], "diff_ci_low": res["ci_low"],
-                             "diff_ci_high": res["ci_high"], "d_z": res["d_z"], "mde": res["mde"], "p": res["p_t"]})
+                             "diff_ci_high": res["ci_high"], "d_z": res["d_z"], "mde": res["mde"], "p": res["p_t"],
+                             # MergeMany capped before convergence is not Ainsworth et al.'s MergeMany
+                             "mergemany_converged": _convergence(results, depth)
+                             if "mergemany" in (method, baseline) else ""})
     out = pd.DataFrame(rows, columns=COLUMNS[:-2])
     out["p_holm"] = stats.holm(out.p.to_numpy(), alpha)
     out["verdict"] = np.where(out.p_holm < alpha, np.where(out["diff"] > 0, "higher", "lower"), "n.s.")

@@ -330,7 +330,7 @@ def build_report(root: Path, params: Params) -> Path:
     if not compare.empty:
         md += ["", "### Methods against MergeMany (paired on identical groups)", ""]
         cols = ["metric", "eps", "models", "method", "n", "mean", "baseline_mean", "diff", "diff_ci_low",
-                "diff_ci_high", "d_z", "mde", "p_holm", "verdict"]
+                "diff_ci_high", "d_z", "mde", "p_holm", "verdict", "mergemany_converged"]
         md += _md_table([cols] + [[_fmt(x) if not isinstance(x, str) else x for x in r]
                                   for r in compare[cols].itertuples(index=False)])
     md += ["", "## Figures", ""]
