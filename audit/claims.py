@@ -373,7 +373,10 @@ def _test_claim(c: Claim, r: Results, margin: float, alpha: float, n_boot: int, 
     elif c.test == "unpaired":
         a = r.select(c.a, c.metric, c.eps).to_numpy()
         b = r.select(c.b, c.metric, c.eps).to_numpy()
-        add(f"{c.a} vs {c.b}", None, res=stats.unpaired(a, b, **kw))
+        res = stats.unpaired(a, b, **kw)
+        if c.expect == "equivalent":
+            res.update(stats.equivalence_unpaired(a, b, margin))
+        add(f"{c.a} vs {c.b}", None, res=res)
     elif c.test == "crossing":
         # Where the method's curve over eps crosses that of the base models it merged: per group,
         # merged minus the mean of its members at every eps of the grid (design: same groups).
@@ -563,7 +566,10 @@ def _caveat(first, verdict: str, g: pd.DataFrame) -> str:
     conv = first.get("mergemany_converged", "")
     if isinstance(conv, str) and conv:
         ok, _, total = conv.partition("/")
-        if ok != total:
+        if ok == "0":
+            notes.append(f"rests on unconverged MergeMany: {conv} models converged, so no test on converged "
+                         "models is possible (raise merge.mergemany_max_iter)")
+        elif ok != total:
             alt = [v for v in g.get("verdict_converged_only", pd.Series(dtype=str)) if isinstance(v, str) and v]
             alt_v = (alt[0] if len(set(alt)) == 1 else "inconclusive") if alt else "not computable"
             notes.append(f"rests on unconverged MergeMany: {conv} models converged; on the converged ones "

@@ -129,6 +129,18 @@ def equivalence(a, b, margin: float, bounds: tuple[float, float] | None = None) 
     return {"n": len(d), "effect": float(d.mean()), "margin": margin, "p_tost": float(p)}
 
 
+def equivalence_unpaired(a, b, margin: float) -> dict:
+    """Two-sample TOST (Welch): is mean(a) - mean(b) within (-margin, +margin)? (statsmodels)."""
+    from statsmodels.stats.weightstats import ttost_ind
+
+    a, b = _clean(a), _clean(b)
+    if len(a) < 2 or len(b) < 2 or (a.std(ddof=1) == 0 and b.std(ddof=1) == 0):
+        inside = len(a) >= 2 and len(b) >= 2 and abs(a.mean() - b.mean()) < margin
+        return {"p_tost": 0.0 if inside else 1.0}
+    p, _, _ = ttost_ind(a, b, -margin, margin, usevar="unequal")
+    return {"p_tost": float(p)}
+
+
 def crossing(curves: np.ndarray, eps: np.ndarray) -> float:
     """The first eps at which the mean of ``curves`` (units x eps) changes sign, linearly
     interpolated between grid points; NaN if it never does (or the mean is 0 throughout)."""

@@ -95,3 +95,13 @@ def test_non_inferiority_rejects_a_boundary_null_at_most_alpha_and_finds_a_real_
 def test_detectable_d_grows_as_the_level_tightens():
     assert stats.detectable_d(10, 0.05 / 19) > stats.detectable_d(10, 0.05) > stats.detectable_d(40, 0.05)
     assert np.isnan(stats.detectable_d(1, 0.05))
+
+
+def test_unpaired_equivalence_rejects_a_boundary_null_at_most_alpha():
+    rng = np.random.default_rng(1)
+    margin, sims = 0.01, 500
+    null = np.mean([stats.equivalence_unpaired(rng.normal(margin, 0.01, 10), rng.normal(0, 0.01, 10), margin)["p_tost"]
+                    < 0.05 for _ in range(sims)])
+    alt = np.mean([stats.equivalence_unpaired(rng.normal(0, 0.004, 20), rng.normal(0, 0.004, 20), margin)["p_tost"]
+                   < 0.05 for _ in range(sims)])
+    assert null <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / sims) and alt >= 0.8
