@@ -465,7 +465,8 @@ def _evaluate(claims: list[Claim], results: Results, alpha: float, margin: float
                          "reference": c.reference, "interval": c.interval,
                          "margin": m if c.expect in ("equivalent", "non_inferior") else np.nan,
                          **{k: row.get(k, np.nan) for k in ("unit", "n", "effect", "ci_low", "ci_high", "d_z", "mde",
-                                                             "p_t", "p_tost", "p_ni", "model")}})
+                                                             "p_t", "p_tost", "p_ni", "t_ci_low", "t_ci_high",
+                                                             "model")}})
     out = pd.DataFrame(rows)
     if out.empty:
         return out
@@ -485,6 +486,12 @@ def _evaluate(claims: list[Claim], results: Results, alpha: float, margin: float
     out["mde"] = out.mde * holm_d / raw_d
     out["verdict"] = [_verdict(r, alpha) for r in out.itertuples()]
     return out
+
+
+def _t_ci(r) -> tuple[float, float]:
+    """The test's t-interval; NaN where it has none (every comparison with NaN is False, so a
+    missing interval decides nothing)."""
+    return float(getattr(r, "t_ci_low", np.nan)), float(getattr(r, "t_ci_high", np.nan))
 
 
 def _holm_levels(p: np.ndarray, alpha: float) -> np.ndarray:
@@ -508,11 +515,12 @@ def _verdict(r, alpha: float) -> str:
         if r.p_holm < alpha:
             return "supported"
         # Not equivalent only when the whole CI lies outside the margin (a significant difference
-        # that may still be within the margin is no contradiction).
-        if r.ci_low > r.margin or r.ci_high < -r.margin:
+        # that may still be within the margin is no contradiction). The t-interval: see stats.
+        lo, hi = _t_ci(r)
+        if lo > r.margin or hi < -r.margin:
             return "contradicted"
         return "inconclusive"
-    if r.expect == "within" and r.test == "crossing":  # a CI, no p-value
+    if r.expect == "within" and r.test == "crossing":  # a bootstrap CI, no p-value
         lo, hi = r.interval
         if not (np.isfinite(r.ci_low) and np.isfinite(r.ci_high)):
             return "inconclusive"
@@ -523,11 +531,12 @@ def _verdict(r, alpha: float) -> str:
         if r.p_holm < alpha:
             return "supported"
         lo, hi = r.interval
-        return "contradicted" if r.ci_high < lo or r.ci_low > hi else "inconclusive"
+        t_lo, t_hi = _t_ci(r)
+        return "contradicted" if t_hi < lo or t_lo > hi else "inconclusive"
     if r.expect == "non_inferior":
         if r.p_holm < alpha:
             return "supported"
-        return "contradicted" if r.ci_high < -r.margin else "inconclusive"
+        return "contradicted" if _t_ci(r)[1] < -r.margin else "inconclusive"
     if r.p_holm >= alpha:
         return "inconclusive"
     ref = 0.0 if r.reference is None or (isinstance(r.reference, float) and math.isnan(r.reference)) else r.reference

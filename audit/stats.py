@@ -88,6 +88,10 @@ def one_sample(values, value: float = 0.0, *, alpha: float = 0.05, n_boot: int =
         out.update(t=float("nan"), p_t=p, p_wilcoxon=p, d_z=float("nan"), mde=float("nan"))
         return out
     t = stats.ttest_1samp(d, 0.0)
+    # The t-interval too: verdicts that rest on where a CI lies (equivalence, magnitude claims) use
+    # it, since a bootstrap CI of a handful of units is too narrow (n = 2: the range of two values).
+    t_lo, t_hi = t.confidence_interval(0.95)
+    out.update(t_ci_low=float(t_lo) + value, t_ci_high=float(t_hi) + value)
     nonzero = d[d != 0]
     p_w = float(stats.wilcoxon(nonzero).pvalue) if len(nonzero) >= 1 else 1.0
     out.update(t=float(t.statistic), p_t=float(t.pvalue), p_wilcoxon=p_w, d_z=float(d.mean() / sd),
@@ -193,6 +197,8 @@ def unpaired(a, b, *, alpha: float = 0.05, n_boot: int = 2000, seed: int = 0) ->
     sd = float(np.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2)))
     t = stats.ttest_ind(a, b, equal_var=False)
     p_t = float(t.pvalue) if np.isfinite(t.pvalue) else (0.0 if out["effect"] != 0 else 1.0)
+    t_lo, t_hi = t.confidence_interval(0.95)
+    out.update(t_ci_low=float(t_lo), t_ci_high=float(t_hi))
     out.update(ci_low=float(res.confidence_interval.low), ci_high=float(res.confidence_interval.high), p_t=p_t,
                p_wilcoxon=float(stats.mannwhitneyu(a, b).pvalue), d_z=out["effect"] / sd if sd > 0 else float("nan"),
                mde=minimal_detectable_effect(out["n"], sd * np.sqrt(2), alpha))

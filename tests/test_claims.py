@@ -331,3 +331,14 @@ def test_numbers_in_the_registry_are_checked(tmp_path):
         load_claims(_registry(tmp_path, margin="wide"))
     with pytest.raises(ClaimsError, match=r"interval: expect within needs \[low, high\] with low < high"):
         load_claims(_registry(tmp_path, expect="within", interval=[0.05, 0.01]))
+
+
+def test_two_units_cannot_contradict_an_equivalence_claim_by_a_narrow_bootstrap_ci():
+    """With n = 2 the bootstrap CI is the range of two values; the verdict uses the t-interval."""
+    table = synthetic_results(pools=2, depth=2, seeds=(0,), noise=0.004, effects={"hierarchical": lambda d: -0.02})
+    claim = Claim("A2-x", "s", "q", "clean_accuracy", "vs_base", "equivalent", a="hierarchical", depth=(1,),
+                  margin=0.01)
+    few = evaluate_claims([claim], Results(table[~((table.depth == 1) & (table.group > 0))], pool_depth=2),
+                          n_boot=200).iloc[0]
+    assert few.n == 2 and few.t_ci_high - few.t_ci_low > few.ci_high - few.ci_low
+    assert few.verdict != "contradicted" or few.t_ci_high < -0.01
