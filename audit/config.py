@@ -95,10 +95,12 @@ class ZooParams:
 @dataclass(frozen=True)
 class MergeParams:
     methods: tuple[str, ...] = METHODS  # merge methods run on identical groups
-    seeds: tuple[int, ...] = (0, 1)  # merge seeds: tree pairing and layer orders (hierarchical), visiting order (MergeMany)
+    seeds: tuple[int, ...] = (0, 1)  # merge seeds: layer orders of weight matching (hierarchical; the tree too with pairing random), visiting order (MergeMany)
     permute: str = "second"  # which model of each pair is permuted onto the other (hierarchical)
     side_ablation: tuple[int, ...] = (2,)  # depths (>= 2) at which hierarchical also runs with the other side permuted
-    pairing: str = "random"  # hierarchical tree: adjacent | random (drawn from the merge seed)
+    # hierarchical tree: adjacent (one tree per pool: the stage-d nodes are the depth-d groups, as
+    # the paper nests its stages) | random (each group's own tree, drawn from the merge seed)
+    pairing: str = "adjacent"
     lam: float = 0.5  # interpolation weight of the second model of a pair
     max_iter: int = 100  # weight-matching sweeps, at most
     mergemany_max_iter: int = 100  # MergeMany iterations (passes over all models), at most

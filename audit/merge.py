@@ -166,3 +166,56 @@ def hierarchical_merge(params_list: Sequence[Mapping[str, Tensor]], spec: Permut
     prov = {"method": "hierarchical", "models": names, "seed": seed, "lam": lam, "pairing": pairing,
             "permute": permute, "stages": stages, "tree": nodes[0][0]}
     return MergeResult({k: v.clone() for k, v in nodes[0][1].items()}, prov)
+
+
+def node_seed(seed: int, depth: int, group: int) -> int:
+    """The weight-matching seed of tree node (depth, group): a function of the node alone, so a
+    node is the same whether its whole pool's tree or only its own subtree is computed."""
+    return _child_seed(np.random.default_rng([seed, depth, group]))
+
+
+def hierarchical_tree(params_list: Sequence[Mapping[str, Tensor]], spec: PermutationSpec, *, seed: int = 0,
+                      lam: float = 0.5, permute: str = "second", max_iter: int = 100,
+                      names: Sequence[str] | None = None, first_leaf: int = 0,
+                      depth: int | None = None) -> dict[tuple[int, int], MergeResult]:
+    """Franke et al.'s scheme as one tree: stage d merges the stage d-1 nodes pairwise, neighbours
+    in list order, so the stage-d nodes are the merges of contiguous groups of 2^d models (the
+    groups every method merges in the ablation), and deeper models are built from shallower ones
+    as in the paper (its stage-3 models from its stage-2 models).
+
+    Returns ``{(d, g): MergeResult}`` for d = 1..``depth`` (default: all stages), g counted from
+    the pool's first leaf (``first_leaf``, the position of ``params_list[0]`` in the pool, a
+    multiple of 2^depth), so a subtree gives exactly the nodes of the whole tree: each node's
+    weight matching is seeded by `node_seed` (merge seed, depth, group). The provenance of a node
+    lists its subtree's merges, stage by stage, as `hierarchical_merge` does.
+    """
+    if permute not in PERMUTE_SIDES:
+        raise ValueError(f"permute must be one of {PERMUTE_SIDES}, got {permute!r}")
+    n = len(params_list)
+    if n < 2 or n & (n - 1):
+        raise ValueError(f"hierarchical merge needs a power-of-two number (>= 2) of models, got {n}")
+    full = n.bit_length() - 1
+    depth = full if depth is None else depth
+    if not 1 <= depth <= full or first_leaf % 2 ** depth:
+        raise ValueError(f"depth {depth} does not fit {n} models starting at leaf {first_leaf}")
+    names = _names(params_list, names)
+    level = [(name, p, []) for name, p in zip(names, params_list)]  # (name, params, stages below)
+    out: dict[tuple[int, int], MergeResult] = {}
+    for d in range(1, depth + 1):
+        nxt = []
+        for local, ((ln, lp, ls), (rn, rp, rs)) in enumerate(zip(level[::2], level[1::2])):
+            g = first_leaf // 2 ** d + local
+            s = node_seed(seed, d, g)
+            res = pairwise_merge(lp, rp, spec, lam=lam, seed=s, permute=permute, max_iter=max_iter, names=(ln, rn))
+            p = res.provenance
+            name = f"({ln}+{rn})"
+            merge = {"left": ln, "right": rn, "permuted": p["permuted"], "onto": p["onto"], "output": name,
+                     "seed": s, "sweeps": p["sweeps"], "converged": p["converged"]}
+            stages = [a + b for a, b in zip(ls, rs)] + [[merge]]
+            members = names[local * 2 ** d:(local + 1) * 2 ** d]
+            out[(d, g)] = MergeResult(res.params, {"method": "hierarchical", "models": members, "seed": seed,
+                                                   "lam": lam, "pairing": "adjacent", "permute": permute,
+                                                   "stages": stages, "tree": name})
+            nxt.append((name, res.params, stages))
+        level = nxt
+    return out

@@ -37,7 +37,7 @@ from . import tracking
 from .config import METHODS, ConfigError, Params, load_params, to_dict
 from .data import DataError, Dataset, load_dataset
 from .executor import ExecutorConfig, Task, TaskError, run_tasks
-from .merge import hierarchical_merge, merge_many, naive_merge
+from .merge import hierarchical_merge, hierarchical_tree, merge_many, naive_merge
 from .metrics import barriers, evaluate
 from .rebasin import mlp_permutation_spec
 from .resources import ResourceError
@@ -250,10 +250,57 @@ def _run_merge_job(job: MergeJob, files: list[str], shas: list[str], merge: dict
     elif job.method == "mergemany":
         res = merge_many(models, spec, seed=job.seed, max_iter=merge["mergemany_max_iter"],
                          match_max_iter=merge["max_iter"], names=names)
+    elif merge["pairing"] == "adjacent":  # the node of the pool's tree, from its own subtree
+        res = hierarchical_tree(models, spec, seed=job.seed, lam=merge["lam"], permute=job.side,
+                                max_iter=merge["max_iter"], names=names, first_leaf=job.group * len(models),
+                                depth=job.depth)[(job.depth, job.group)]
     else:
         res = hierarchical_merge(models, spec, seed=job.seed, lam=merge["lam"], pairing=merge["pairing"],
                                  permute=job.side, max_iter=merge["max_iter"], names=names)
     return {k: v.cpu() for k, v in res.params.items()}, res.provenance, time.perf_counter() - t
+
+
+@dataclass(frozen=True)
+class TreeJob:
+    """One hierarchical tree over a whole pool (adjacent pairing): its stage-d nodes are the
+    depth-d jobs of that pool, merge seed and side, so each lower stage is computed once."""
+
+    pool: int
+    seed: int
+    side: str
+    depth: int  # deepest stage needed
+    jobs: tuple[MergeJob, ...]
+    members: tuple[int, ...]  # the pool's model seeds
+
+    @property
+    def name(self) -> str:
+        return f"hierarchical/p{self.pool}-s{self.seed}-{self.side} tree to depth {self.depth}"
+
+
+def tree_jobs(params: Params, jobs: list[MergeJob]) -> list[TreeJob]:
+    """The hierarchical jobs grouped into one tree per pool, merge seed and side."""
+    trees: dict[tuple, list[MergeJob]] = {}
+    for job in jobs:
+        trees.setdefault((job.pool, job.seed, job.side), []).append(job)
+    return [TreeJob(pool, seed, side, max(j.depth for j in js), tuple(js), tuple(params.zoo.pool_seeds(pool)))
+            for (pool, seed, side), js in trees.items()]
+
+
+def _run_merge_tree(tree: TreeJob, files: list[str], shas: list[str], merge: dict, threads: int):
+    """A whole pool's tree as one executor task: every needed node, each with its subtree's time."""
+    from .storage import load_params
+    from .zoo import resolve_device
+
+    torch.set_num_threads(threads)
+    t = time.perf_counter()
+    dev = resolve_device(merge["device"])
+    models = [{k: v.to(dev) for k, v in load_params(Path(f), sha).items()} for f, sha in zip(files, shas)]
+    spec = mlp_permutation_spec(models[0])
+    nodes = hierarchical_tree(models, spec, seed=tree.seed, lam=merge["lam"], permute=tree.side,
+                              max_iter=merge["max_iter"], names=[f"s{s}" for s in tree.members], depth=tree.depth)
+    seconds = (time.perf_counter() - t) / len(tree.jobs)  # the tree's time, shared among its models
+    return [(job, {k: v.cpu() for k, v in nodes[(job.depth, job.group)].params.items()},
+             nodes[(job.depth, job.group)].provenance, seconds) for job in tree.jobs]
 
 
 def run_merge(params: Params, root: Path, method: str) -> dict:
@@ -308,9 +355,24 @@ def run_merge(params: Params, root: Path, method: str) -> dict:
         for job in jobs:  # models finished by an interrupted run: logged now if they were not then
             if job.key in done:
                 log(job)
-        tasks = [Task(f"merge {job.model_id}", (job, *inputs(job))) for job in todo]
-        run_tasks(_run_merge_job, tasks, record, config=ex, common=(merge_cfg, ex.cpus), desc=f"merge {method}",
-                  unit="group")
+        if method == "hierarchical" and params.merge.pairing == "adjacent":
+            # One tree per pool, seed and side: a depth-d model is a stage-d node, built from the
+            # stage d-1 nodes (15 pair merges for a pool of 16, not 49 from scratch per group).
+            trees = tree_jobs(params, todo)
+            trees.sort(key=lambda tr: -tr.depth)
+
+            def record_tree(task: Task, result):
+                for job, merged, prov, seconds in result:
+                    if job.key not in out.entries:  # a rerun's tree recomputes what a killed one left
+                        record(Task(task.name, (job,)), (merged, prov, seconds))
+
+            tasks = [Task(f"merge {tr.name}", (tr, *inputs(tr))) for tr in trees]
+            run_tasks(_run_merge_tree, tasks, record_tree, config=ex, common=(merge_cfg, ex.cpus),
+                      desc=f"merge {method}", unit="tree")
+        else:
+            tasks = [Task(f"merge {job.model_id}", (job, *inputs(job))) for job in todo]
+            run_tasks(_run_merge_job, tasks, record, config=ex, common=(merge_cfg, ex.cpus),
+                      desc=f"merge {method}", unit="group")
         summary["seconds"] = round(time.perf_counter() - t0, 1)
         if method == "mergemany":
             provs = [e["provenance"] for e in out.entries.values()]

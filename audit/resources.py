@@ -140,16 +140,20 @@ def estimate(params: Params, shape: Shape, device: torch.device | None = None) -
     train = (counts["base"] + counts["regularized"]) * steps * c["step"]
     # Weight matching: a merge of 2^d models runs 2^d - 1 pair matchings (hierarchical) or up to
     # mergemany_max_iter passes of 2^d matchings (MergeMany); trained models take ~10 sweeps.
-    from .pipeline import merge_jobs  # imported here: the pipeline imports this module
+    from .pipeline import merge_jobs, tree_jobs  # imported here: the pipeline imports this module
 
     sweeps = min(m.max_iter, 10)
     pairs = 0.0
     for method in m.methods:
         if method == "naive":
             continue
-        for job in merge_jobs(params, method):
-            k = len(job.members)
-            pairs += (k - 1) if method == "hierarchical" else k * m.mergemany_max_iter
+        jobs = merge_jobs(params, method)
+        if method == "hierarchical" and m.pairing == "adjacent":  # one tree per pool, seed and side
+            pairs += sum(2 ** (z.depth - d) for tree in tree_jobs(params, jobs) for d in range(1, tree.depth + 1))
+        else:
+            for job in jobs:
+                k = len(job.members)
+                pairs += (k - 1) if method == "hierarchical" else k * m.mergemany_max_iter
     merge = pairs * sweeps * c["match_sweep"]
     # Gradients per input: FGSM 1 per eps, PGD steps per eps, DeepFool ~10 iterations x classes.
     grads = len(e.fgsm_eps) + e.pgd_steps * len(e.pgd_eps) + 10 * shape.n_classes

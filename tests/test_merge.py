@@ -189,3 +189,27 @@ def test_fast_merge_many_equals_the_plain_algorithm_on_trained_models(real_data)
         plain = merge_many_plain(models, spec, seed)
         for k in plain:
             assert torch.equal(fast.params[k], plain[k]), k
+
+
+def test_tree_nodes_are_the_groups_merges_and_a_subtree_gives_the_same_nodes():
+    from audit.merge import hierarchical_tree
+
+    torch.manual_seed(0)
+    models = [MLP(12, (10, 8), 3).state_dict() for _ in range(8)]
+    spec = mlp_permutation_spec(models[0])
+    tree = hierarchical_tree(models, spec, seed=4, names=[f"s{i}" for i in range(8)])
+    assert sorted(tree) == [(1, 0), (1, 1), (1, 2), (1, 3), (2, 0), (2, 1), (3, 0)]
+    assert tree[(2, 1)].provenance["models"] == ["s4", "s5", "s6", "s7"]
+    assert [len(st) for st in tree[(3, 0)].provenance["stages"]] == [4, 2, 1]
+    # the depth-2 node of group 1 from its own subtree (leaves 4..7) is bit-identical
+    sub = hierarchical_tree(models[4:], spec, seed=4, names=[f"s{i}" for i in range(4, 8)], first_leaf=4)
+    for k in tree[(2, 1)].params:
+        assert torch.equal(sub[(2, 1)].params[k], tree[(2, 1)].params[k])
+    assert sub[(2, 1)].provenance == tree[(2, 1)].provenance
+    # each node is the pairwise merge of its two children, base weights 2^-d (equal models: the mean)
+    same = [models[0]] * 4
+    node = hierarchical_tree(same, spec, seed=0)[(2, 0)]
+    for k, v in node.params.items():
+        torch.testing.assert_close(v, models[0][k])
+    with pytest.raises(ValueError, match="does not fit"):
+        hierarchical_tree(models[2:6], spec, first_leaf=2)

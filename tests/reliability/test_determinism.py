@@ -67,3 +67,27 @@ def test_different_seeds_do_give_different_models(tmp_path):
     data = load_dataset("digits")
     store = train_zoo(tmp_path / "z", data, (32,), CFG, [0, 1], device="cpu", progress=False)
     assert store.entries["0"]["sha256"] != store.entries["1"]["sha256"]
+
+
+def test_a_pools_tree_gives_each_groups_model_exactly(tmp_path):
+    """With pairing adjacent the merge stage computes one tree per pool, seed and side; each of its
+    nodes equals the group's model computed alone from its own subtree (same bytes)."""
+    from audit.pipeline import _run_merge_tree, tree_jobs
+
+    data = load_dataset("digits")
+    store = train_zoo(tmp_path / "zoo", data, (32,), CFG, [0, 1, 2, 3], device="cpu", progress=False)
+    params = params_from_dict({**SMALL, "merge": {**SMALL["merge"], "seeds": [0, 1], "pairing": "adjacent"},
+                               "tracking": {"enabled": False}})
+    cfg = {"max_iter": 100, "mergemany_max_iter": 2, "lam": 0.5, "pairing": "adjacent", "device": "cpu"}
+    jobs = merge_jobs(params, "hierarchical")
+    trees = tree_jobs(params, jobs)
+    assert len(trees) == 2 * 2 and sum(len(t.jobs) for t in trees) == len(jobs)  # seeds x sides
+    threads = torch.get_num_threads()
+    for tree in trees:
+        files = [str(store.path(str(s))) for s in tree.members]
+        shas = [store.entries[str(s)]["sha256"] for s in tree.members]
+        for job, merged, prov, _ in _run_merge_tree(tree, files, shas, cfg, threads):
+            alone, prov_alone, _ = _run_merge_job(job, [files[tree.members.index(s)] for s in job.members],
+                                                  [shas[tree.members.index(s)] for s in job.members], cfg, threads)
+            assert prov == prov_alone
+            assert all(torch.equal(merged[k], alone[k]) for k in merged), job.model_id
