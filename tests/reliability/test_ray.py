@@ -116,7 +116,7 @@ def merge_killing_a_worker(root, env):
                               "hierarchical"], cwd=root, env={**os.environ, **env, "TQDM_DISABLE": "1"},
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
-    while not (pids := ray_task_pids("_run_merge_job")):
+    while not (pids := ray_task_pids("_run_merge_tree")):  # hierarchical: one tree task per seed and side
         assert stage.poll() is None, stage.communicate()[1]
         assert time.monotonic() < deadline, "no Ray worker ever ran a merge"
         time.sleep(0.02)
@@ -138,7 +138,7 @@ def test_a_killed_worker_without_retries_is_reported_by_name_and_the_rest_kept(c
     rc, _, err = merge_killing_a_worker(root, cluster)
     assert rc == 1 and "Traceback" not in err
     line = err.strip().splitlines()[-1]
-    assert line.startswith("error: task merge hierarchical/p0-d") and "failed on the Ray cluster after 0 retries" in line
+    assert line.startswith("error: task merge hierarchical/p0-s") and "failed on the Ray cluster after 0 retries" in line
     kept = [k for k in model_bytes(root) if k.startswith("models/merged")]
     out = run_stage(root, "merge", "--method", "hierarchical", env=cluster)  # the rerun does the rest
     assert '"reused": ' + str(len(kept)) in out.stdout
