@@ -20,7 +20,8 @@ Verdicts: a directional claim (expect greater / less) is *supported* when its Ho
 significant with the opposite sign, otherwise *inconclusive* - reported with the minimal
 detectable effect at the level Holm held that test to (alpha / (m - rank + 1), not raw alpha),
 which tells "no difference" from "too few models to tell". An equivalence claim is *supported*
-when TOST rejects non-equivalence, *contradicted* only when its whole CI lies outside +-margin.
+when TOST rejects non-equivalence, *contradicted* only when its whole t-interval at the family's
+Bonferroni level (alpha / m; columns t_ci_low, t_ci_high) lies outside +-margin.
 A non-inferiority claim (expect non_inferior: "the drop is at most margin") is *supported* when a
 one-sided test rejects "effect <= -margin", *contradicted* when the whole CI lies below -margin. A
 claim tested on several units is *mixed* when some units are supported and others contradicted.
@@ -216,6 +217,19 @@ def check_claims(claims: list[Claim], *, methods, depth: int, path: str | Path =
         if c.test == "sides" and 1 in c.depth:
             raise ClaimsError(f"{path}: claim {c.id}: depth: 1 is an identity for the side test (matching B "
                               "onto A and A onto B give the same network up to a permutation); use depths >= 2")
+        if c.test == "crossing" and c.expect != "within":
+            raise ClaimsError(f"{path}: claim {c.id}: expect: test crossing is decided by its CI; use "
+                              f"expect: within with an interval, got {c.expect!r}")
+        needs_units = {"equivalent": ("paired", "depth_change", "vs_base", "sides", "unpaired"),
+                       "non_inferior": ("paired", "depth_change", "vs_base", "sides"),
+                       "within": ("paired", "depth_change", "vs_base", "sides", "crossing")}
+        if c.expect in needs_units and c.test not in needs_units[c.expect]:
+            raise ClaimsError(f"{path}: claim {c.id}: expect: {c.expect} is not tested by test {c.test}; it "
+                              f"needs one of {', '.join(needs_units[c.expect])}")
+        if c.reference is not None and (c.test not in ("paired", "depth_change", "vs_base")
+                                        or c.expect not in ("greater", "less")):
+            raise ClaimsError(f"{path}: claim {c.id}: reference: only for greater/less claims of tests paired, "
+                              "depth_change, vs_base")
         if c.informative and c.informative not in ids:
             fail(c, "informative", c.informative, sorted(ids), "no such claim")
         if c.informative and not c.by_construction:
@@ -397,12 +411,23 @@ def _test_claim(c: Claim, r: Results, margin: float, alpha: float, n_boot: int, 
         # trend over depth with the pool as a random effect. Averaging n independent models
         # shrinks the spread by sqrt(n) for any models, so this is a statement about merging only
         # beside naive averaging's spread.
+        # Units are groups (merge seeds averaged, as in every other test), so each depth's spread is
+        # between merged groups, not between seeds of one group; >= 2 groups per cell. log sd is
+        # biased low by 1/2 (digamma(k/2) + ln(2/k)) with k = groups - 1, and k falls with depth, so
+        # that bias is removed: without it a constant spread reads as a shrinking one.
+        from scipy.special import digamma
+
         t = r.values(c.metric, c.eps)
         sel = t[(t.kind == "merged") & (t.method == c.a) & (t.side.isna() | (t.side == r.main_side))]
-        sel = pd.concat([sel, t[t.kind == "base"]]) if c.include_base else sel
-        spread = sel.groupby(["pool", "depth"]).value.agg(["std", "count"]).reset_index()
+        units = sel.groupby(["pool", "depth", "group"]).value.mean().reset_index()
+        if c.include_base:
+            base = t[t.kind == "base"][["pool", "depth", "seed", "value"]].rename(columns={"seed": "group"})
+            units = pd.concat([units, base])
+        spread = units.groupby(["pool", "depth"]).value.agg(["std", "count"]).reset_index()
         spread = spread[(spread["count"] >= 2) & (spread["std"] > 0)]
-        frame = pd.DataFrame({"value": np.log(spread["std"]), "depth": spread.depth, "pool": spread.pool})
+        k = spread["count"] - 1
+        bias = 0.5 * (digamma(k / 2) + np.log(2 / k))
+        frame = pd.DataFrame({"value": np.log(spread["std"]) - bias, "depth": spread.depth, "pool": spread.pool})
         res = stats.depth_trend(frame)
         res.setdefault("mde", float("nan"))
         add(f"slope of log sd per merge level ({c.a})", None, res=res)
@@ -465,7 +490,7 @@ def _evaluate(claims: list[Claim], results: Results, alpha: float, margin: float
                          "reference": c.reference, "interval": c.interval,
                          "margin": m if c.expect in ("equivalent", "non_inferior") else np.nan,
                          **{k: row.get(k, np.nan) for k in ("unit", "n", "effect", "ci_low", "ci_high", "d_z", "mde",
-                                                             "p_t", "p_tost", "p_ni", "t_ci_low", "t_ci_high",
+                                                             "p_t", "p_tost", "p_ni", "t_ci_low", "t_ci_high", "se", "df",
                                                              "model")}})
     out = pd.DataFrame(rows)
     if out.empty:
@@ -484,6 +509,15 @@ def _evaluate(claims: list[Claim], results: Results, alpha: float, margin: float
                        for n, lv in zip(out.n, out.alpha_holm)])
     out["mde_raw"] = out.mde
     out["mde"] = out.mde * holm_d / raw_d
+    # The t-interval a contradiction of an equivalence, within or non-inferiority claim rests on,
+    # at the family's Bonferroni level alpha / m (a raw 95% interval over some 40 tests would
+    # contradict claims by chance; Bonferroni is Holm's strictest step and needs no ranking).
+    from scipy import stats as sps
+
+    m = max(1, int(np.isfinite(out.p.to_numpy(dtype=float)).sum()))
+    centre = (out.t_ci_low + out.t_ci_high) / 2
+    half = sps.t.ppf(1 - alpha / m / 2, out.df) * out.se
+    out["t_ci_low"], out["t_ci_high"] = centre - half, centre + half
     out["verdict"] = [_verdict(r, alpha) for r in out.itertuples()]
     return out
 
@@ -520,13 +554,16 @@ def _verdict(r, alpha: float) -> str:
         if lo > r.margin or hi < -r.margin:
             return "contradicted"
         return "inconclusive"
+    if r.test == "crossing" and r.expect != "within":
+        return "inconclusive"
     if r.expect == "within" and r.test == "crossing":  # a bootstrap CI, no p-value
         lo, hi = r.interval
-        if not (np.isfinite(r.ci_low) and np.isfinite(r.ci_high)):
-            return "inconclusive"
-        if lo <= r.ci_low and r.ci_high <= hi:
+        if np.isfinite(r.ci_low) and np.isfinite(r.ci_high) and lo <= r.ci_low and r.ci_high <= hi:
             return "supported"
-        return "contradicted" if r.ci_high < lo or r.ci_low > hi else "inconclusive"
+        # a NaN end is beyond the grid: it can still show the crossing lies outside the interval
+        if (np.isfinite(r.ci_high) and r.ci_high < lo) or (np.isfinite(r.ci_low) and r.ci_low > hi):
+            return "contradicted"
+        return "inconclusive"
     if r.expect == "within":
         if r.p_holm < alpha:
             return "supported"
@@ -573,7 +610,7 @@ def _caveat(first, verdict: str, g: pd.DataFrame) -> str:
                      + (f"; the informative test is {informative}" if isinstance(informative, str) and informative
                         else ""))
     conv = first.get("mergemany_converged", "")
-    if isinstance(conv, str) and conv:
+    if isinstance(conv, str) and conv and not conv.endswith("/0"):  # "0/0": nothing recorded
         ok, _, total = conv.partition("/")
         if ok == "0":
             notes.append(f"rests on unconverged MergeMany: {conv} models converged, so no test on converged "

@@ -15,13 +15,14 @@ Every function returns a plain dict (JSON-serializable) so results can be tabula
 
 from __future__ import annotations
 
+import functools
+
 import warnings
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.power import TTestPower
 from statsmodels.stats.weightstats import ttost_paired
 
 POWER = 0.8  # power at which the minimal detectable effect is reported
@@ -36,17 +37,46 @@ def minimal_detectable_effect(n: int, sd: float, alpha: float = 0.05, power: flo
     ``power``, in the metric's units: d_z solved by statsmodels, times the sd of the differences."""
     if n < 2 or not np.isfinite(sd):
         return float("nan")
-    d = TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power, alternative="two-sided")
-    return float(d * sd)
+    return float(detectable_d(n, alpha, power) * sd)
 
 
+def t_test_power(d: float, n: int, alpha: float) -> float:
+    """Power of a two-sided one-sample t-test on n units at ``alpha`` for standardized effect d
+    (noncentral t, scipy)."""
+    from scipy.integrate import quad
+
+    df, nc = n - 1, d * np.sqrt(n)
+    crit = stats.t.ppf(1 - alpha / 2, df)
+    fast = stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc)
+    if np.isfinite(fast):
+        return float(min(1.0, fast))
+    # T = (Z + nc) / sqrt(V / df), V ~ chi2(df): integrate the normal tail over V (scipy's nct
+    # returns NaN for the large noncentralities few units need)
+    def tail(v):
+        s = crit * np.sqrt(v / df)
+        return (stats.norm.sf(s - nc) + stats.norm.cdf(-s - nc)) * stats.chi2.pdf(v, df)
+
+    return float(min(1.0, quad(tail, 0, np.inf, limit=200)[0]))
+
+
+@functools.lru_cache(maxsize=4096)
 def detectable_d(n: int, alpha: float, power: float = POWER) -> float:
     """The standardized effect (d_z) a two-sided t-test on n units detects at ``alpha`` with
-    ``power`` (statsmodels); NaN if n < 2."""
+    ``power``; NaN if n < 2, inf if no effect below d = 1e4 reaches that power.
+
+    Solved here by bracketing the noncentral-t power (scipy brentq) because statsmodels'
+    `TTestPower.solve_power` silently returns a wrong, too small d at the small levels Holm uses
+    with few units (n = 3, alpha 0.00125: 5.5 where the power-0.8 effect is 20.8)."""
+    from scipy.optimize import brentq
+
     if n < 2 or not 0 < alpha < 1:
         return float("nan")
-    return float(TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power,
-                                          alternative="two-sided"))
+    hi = 1.0
+    while t_test_power(hi, n, alpha) < power:
+        hi *= 2
+        if hi > 1e4:
+            return float("inf")
+    return float(brentq(lambda d: t_test_power(d, n, alpha) - power, 1e-9, hi, xtol=1e-8, rtol=1e-10))
 
 
 def non_inferiority(values, margin: float) -> dict:
@@ -91,7 +121,7 @@ def one_sample(values, value: float = 0.0, *, alpha: float = 0.05, n_boot: int =
     # The t-interval too: verdicts that rest on where a CI lies (equivalence, magnitude claims) use
     # it, since a bootstrap CI of a handful of units is too narrow (n = 2: the range of two values).
     t_lo, t_hi = t.confidence_interval(0.95)
-    out.update(t_ci_low=float(t_lo) + value, t_ci_high=float(t_hi) + value)
+    out.update(t_ci_low=float(t_lo) + value, t_ci_high=float(t_hi) + value, se=sd / np.sqrt(n), df=float(n - 1))
     nonzero = d[d != 0]
     p_w = float(stats.wilcoxon(nonzero).pvalue) if len(nonzero) >= 1 else 1.0
     out.update(t=float(t.statistic), p_t=float(t.pvalue), p_wilcoxon=p_w, d_z=float(d.mean() / sd),
@@ -157,27 +187,35 @@ def crossing(curves: np.ndarray, eps: np.ndarray) -> float:
     return float(eps[-1]) if len(m) and m[-1] == 0 else float("nan")
 
 
+# Fewer units give a percentile bootstrap that is the range of a handful of values, too narrow to
+# decide on (two units: exactly their range); such a crossing is reported without a CI.
+CROSSING_MIN_UNITS = 6
+
+
 def crossing_ci(curves: np.ndarray, eps: np.ndarray, *, n_boot: int = 2000, seed: int = 0,
                 level: float = 0.95) -> dict:
-    """`crossing` with a percentile bootstrap CI over units (rows). Resamples without a crossing
-    count as outside the grid: if more than (1 - level)/2 of them have none, the CI is unbounded
-    (NaN), since the crossing may then lie beyond the measured eps range."""
+    """`crossing` with a percentile bootstrap CI over units (rows). A resample without a crossing
+    lies beyond the grid: below it if its curve has the post-crossing sign from the first eps on,
+    above it otherwise; an end of the CI that falls beyond the grid is NaN (unbounded)."""
     curves = np.asarray(curves, dtype=float)
     n = len(curves)
     est = crossing(curves, eps)
-    if n < 2:
+    if n < CROSSING_MIN_UNITS:
         return {"n": n, "effect": est, "ci_low": float("nan"), "ci_high": float("nan")}
+    pre = np.sign(np.nanmean(curves, axis=0)[0])  # the sign before the crossing
     rng = np.random.default_rng(seed)
-    boots = np.array([crossing(curves[rng.integers(0, n, n)], eps) for _ in range(n_boot)])
+    boots = []
+    for _ in range(n_boot):
+        sample = curves[rng.integers(0, n, n)]
+        c = crossing(sample, eps)
+        if np.isnan(c):
+            c = -np.inf if np.sign(np.nanmean(sample, axis=0)[0]) != pre else np.inf
+        boots.append(c)
     tail = (1 - level) / 2
-    if np.isnan(boots).mean() > tail:
-        lo = hi = float("nan")
-    else:
-        # NaNs (no crossing) sort past every crossing: they can only widen the upper end
-        ranked = np.sort(np.where(np.isnan(boots), np.inf, boots))
-        lo, hi = (float(ranked[int(np.floor(q * (n_boot - 1)))]) for q in (tail, 1 - tail))
-        hi = float("nan") if np.isinf(hi) else hi
-    return {"n": n, "effect": est, "ci_low": lo, "ci_high": hi}
+    lo, hi = (float(np.quantile(np.array(boots), q, method="lower" if q < 0.5 else "higher"))
+              for q in (tail, 1 - tail))
+    return {"n": n, "effect": est, "ci_low": lo if np.isfinite(lo) else float("nan"),
+            "ci_high": hi if np.isfinite(hi) else float("nan")}
 
 
 def unpaired(a, b, *, alpha: float = 0.05, n_boot: int = 2000, seed: int = 0) -> dict:
@@ -198,7 +236,8 @@ def unpaired(a, b, *, alpha: float = 0.05, n_boot: int = 2000, seed: int = 0) ->
     t = stats.ttest_ind(a, b, equal_var=False)
     p_t = float(t.pvalue) if np.isfinite(t.pvalue) else (0.0 if out["effect"] != 0 else 1.0)
     t_lo, t_hi = t.confidence_interval(0.95)
-    out.update(t_ci_low=float(t_lo), t_ci_high=float(t_hi))
+    out.update(t_ci_low=float(t_lo), t_ci_high=float(t_hi), se=float(np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))),
+               df=float(t.df))
     out.update(ci_low=float(res.confidence_interval.low), ci_high=float(res.confidence_interval.high), p_t=p_t,
                p_wilcoxon=float(stats.mannwhitneyu(a, b).pvalue), d_z=out["effect"] / sd if sd > 0 else float("nan"),
                mde=minimal_detectable_effect(out["n"], sd * np.sqrt(2), alpha))

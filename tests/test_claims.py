@@ -167,6 +167,9 @@ def _registry(tmp_path, **claim):
     ({"test": "sides", "depth": [1]}, r"claim X1-test: depth: 1 is an identity"),
     ({"test": "depth_change", "from_depth": 3, "to_depth": 2}, r"needs from_depth < to_depth"),
     ({"informative": "C3-nope", "by_construction": "x"}, r"informative: no such claim 'C3-nope'"),
+    ({"test": "crossing", "expect": "greater"}, r"claim X1-test: expect: test crossing is decided by its CI"),
+    ({"test": "trend", "expect": "equivalent"}, r"expect: equivalent is not tested by test trend"),
+    ({"test": "trend", "reference": 0.5}, r"reference: only for greater/less claims"),
 ])
 def test_bad_registry_entries_name_the_claim_key_and_nearest_value(tmp_path, claim, message):
     path = _registry(tmp_path, **claim)
@@ -258,7 +261,7 @@ def test_mde_is_given_at_the_holm_level_of_its_test():
     assert strictest.mde > strictest.mde_raw  # held to alpha / 3, it needs a larger effect
 
 
-def _crossing_table(cross_at, pools=4, noise=0.002, seed=0):
+def _crossing_table(cross_at, pools=6, noise=0.002, seed=0):
     """FGSM robust accuracy over eps: base models fall linearly from 0.9; merged models have a
     flatter curve that meets the base line at ``cross_at`` (None: merged is always above)."""
     rng = np.random.default_rng(seed)
@@ -342,3 +345,43 @@ def test_two_units_cannot_contradict_an_equivalence_claim_by_a_narrow_bootstrap_
                           n_boot=200).iloc[0]
     assert few.n == 2 and few.t_ci_high - few.t_ci_low > few.ci_high - few.ci_low
     assert few.verdict != "contradicted" or few.t_ci_high < -0.01
+
+
+def test_a_crossing_from_few_units_gets_no_ci_and_decides_nothing():
+    from audit import stats
+
+    two = np.array([[0.01, -0.01, -0.02], [0.02, 0.005, -0.03]])  # two units crossing inside the grid
+    res = stats.crossing_ci(two, np.array([0.0, 0.01, 0.02]), n_boot=200)
+    assert np.isfinite(res["effect"]) and np.isnan(res["ci_low"]) and np.isnan(res["ci_high"])
+
+
+def test_resamples_without_a_crossing_count_below_the_grid_when_they_start_past_it():
+    from audit import stats
+
+    eps = np.array([0.0, 0.01, 0.02, 0.05])
+    rng = np.random.default_rng(0)
+    # most units cross near 0.005; a few are already negative at eps 0 (crossing below the grid)
+    curves = np.array([[0.01, -0.01, -0.02, -0.03]] * 6 + [[-0.012, -0.02, -0.03, -0.04]] * 4)
+    curves = curves + rng.normal(0, 0.0005, curves.shape)
+    res = stats.crossing_ci(curves, eps, n_boot=400)
+    boots_without = 0  # resamples starting below zero have no crossing: they sit below the grid
+    for _ in range(200):
+        sample = curves[rng.integers(0, len(curves), len(curves))]
+        boots_without += np.isnan(stats.crossing(sample, eps)) and sample.mean(0)[0] < 0
+    assert np.isfinite(res["effect"]) and boots_without > 10
+    assert np.isnan(res["ci_low"])  # the lower end is beyond the grid, not pushed above the estimate
+    assert np.isfinite(res["ci_high"]) and res["ci_high"] < 0.01
+
+
+def test_spread_trend_keeps_its_level_on_a_constant_spread():
+    """Planted null: iid values at every depth (group counts fall with depth as in the ablation).
+    Without the small-sample bias correction of log sd this read "supported" about 27% of the time."""
+    claim = Claim("F16-x", "s", "q", "clean_accuracy", "spread_trend", "less", a="hierarchical", include_base=True)
+    supported = 0
+    sims = 40
+    for seed in range(sims):
+        t = synthetic_results(pools=4, depth=4, seeds=(0,), seed=seed, noise=0.0)
+        rng = np.random.default_rng(seed + 1000)
+        t["value"] = 0.9 + rng.normal(0, 0.01, len(t))
+        supported += evaluate_claims([claim], Results(t, pool_depth=4), n_boot=100).verdict.iloc[0] == "supported"
+    assert supported / sims <= 0.1

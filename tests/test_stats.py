@@ -92,6 +92,18 @@ def test_non_inferiority_rejects_a_boundary_null_at_most_alpha_and_finds_a_real_
     assert stats.non_inferiority(x, margin)["p_ni"] == pytest.approx(sps.t.sf(t, len(x) - 1), rel=1e-10)
 
 
+def test_detectable_d_reaches_the_power_exactly_where_statsmodels_does_not_converge():
+    # reference values: the noncentral-t power-0.8 effect (statsmodels returns 5.5 for the first)
+    assert stats.detectable_d(3, 0.00125) == pytest.approx(20.7, rel=0.01)
+    assert stats.detectable_d(4, 0.005) == pytest.approx(4.705, rel=0.002)
+    for n, a in [(2, 0.05), (3, 0.00125), (5, 0.00125), (12, 0.01)]:
+        assert stats.t_test_power(stats.detectable_d(n, a), n, a) == pytest.approx(0.8, abs=1e-4)
+    # and equals statsmodels where that converges
+    from statsmodels.stats.power import TTestPower
+    assert stats.detectable_d(10, 0.05) == pytest.approx(TTestPower().solve_power(None, nobs=10, alpha=0.05, power=0.8),
+                                                         rel=1e-4)
+
+
 def test_detectable_d_grows_as_the_level_tightens():
     assert stats.detectable_d(10, 0.05 / 19) > stats.detectable_d(10, 0.05) > stats.detectable_d(40, 0.05)
     assert np.isnan(stats.detectable_d(1, 0.05))
