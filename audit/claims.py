@@ -406,15 +406,12 @@ def _test_claim(c: Claim, r: Results, margin: float, alpha: float, n_boot: int, 
             res["model"] = f"eps grid {', '.join(f'{e:g}' for e in grid)}"
             add(f"depth {d}: eps where {c.a} meets its base models", None, res=res)
     elif c.test == "spread_trend":
-        # Does the spread between models shrink with depth? Per pool and depth: the log of the
-        # standard deviation over the method's models there (base models = depth 0), then its
-        # trend over depth with the pool as a random effect. Averaging n independent models
-        # shrinks the spread by sqrt(n) for any models, so this is a statement about merging only
-        # beside naive averaging's spread.
-        # Units are groups (merge seeds averaged, as in every other test), so each depth's spread is
-        # between merged groups, not between seeds of one group; >= 2 groups per cell. log sd is
-        # biased low by 1/2 (digamma(k/2) + ln(2/k)) with k = groups - 1, and k falls with depth, so
-        # that bias is removed: without it a constant spread reads as a shrinking one.
+        # Does the spread between models shrink with depth? Per pool and depth: the log sd between
+        # groups (merge seeds averaged, as in every other test; base models = depth 0; >= 2 per
+        # cell), then its trend over depth with the pool as a random effect. log sd is biased low by
+        # 1/2 (digamma(k/2) + ln(2/k)), k = groups - 1, and k falls with depth, so that bias is
+        # removed: without it a constant spread reads as a shrinking one. Averaging shrinks spread
+        # for any models, so this speaks of merging only beside naive averaging's (control C4).
         from scipy.special import digamma
 
         t = r.values(c.metric, c.eps)
@@ -586,20 +583,24 @@ def claim_verdicts(rows: pd.DataFrame) -> pd.DataFrame:
     units are supported and others contradicted; else inconclusive (the detail lists each unit)."""
     out = []
     for cid, g in rows.groupby("id", sort=False):
-        verdicts = set(g.verdict)
-        if len(verdicts) == 1:
-            verdict = verdicts.pop()
-        elif {"supported", "contradicted"} <= verdicts:
-            verdict = "mixed"  # units disagree significantly: listed in detail, never averaged away
-        else:
-            verdict = "inconclusive"
+        verdict = _combined(g.verdict)
         out.append({"id": cid, "verdict": verdict, "units": len(g),
-                    "caveat": _caveat(g.iloc[0], verdict, g),
+                    "caveat": _caveat(g.iloc[0], g),
                     "detail": "; ".join(f"{u}: {v}" for u, v in zip(g.unit, g.verdict))})
     return pd.DataFrame(out)
 
 
-def _caveat(first, verdict: str, g: pd.DataFrame) -> str:
+def _combined(verdicts) -> str:
+    """A claim's verdict from its units' verdicts."""
+    found = set(verdicts)
+    if len(found) == 1:
+        return found.pop()
+    if {"supported", "contradicted"} <= found:
+        return "mixed"  # units disagree significantly: listed in detail, never averaged away
+    return "inconclusive"
+
+
+def _caveat(first, g: pd.DataFrame) -> str:
     """What a reader must know beside the verdict: a claim that holds by construction (its
     "supported" is no evidence), MergeMany models that did not converge."""
     notes = []
@@ -617,7 +618,7 @@ def _caveat(first, verdict: str, g: pd.DataFrame) -> str:
                          "models is possible (raise merge.mergemany_max_iter)")
         elif ok != total:
             alt = [v for v in g.get("verdict_converged_only", pd.Series(dtype=str)) if isinstance(v, str) and v]
-            alt_v = (alt[0] if len(set(alt)) == 1 else "inconclusive") if alt else "not computable"
+            alt_v = _combined(alt) if alt else "not computable"
             notes.append(f"rests on unconverged MergeMany: {conv} models converged; on the converged ones "
                          f"only: {alt_v}")
         else:
