@@ -156,8 +156,9 @@ def weight_matching(spec: PermutationSpec, params_a: Mapping[str, Tensor], param
     without progress changes nothing and ends the search: it always terminates.
     Similarities are computed in float64 on the device of ``params_a``; the assignment on CPU.
 
-    ``warm`` (e.g. ``MatchResult.states`` of an earlier matching, reindexed to B's current unit
-    order) seeds each perm's first solve; it changes how fast, never what is found.
+    ``init_perms`` is the starting point (identity by default). ``warm`` (e.g.
+    ``MatchResult.states`` of an earlier matching, in B's unit order) seeds each perm's first
+    solve; it changes how fast, never what is found.
 
     The result is exactly that of visiting the perms one by one; four shortcuts make it faster:
     * every assignment is warm-started from the previous solve of the same perm
@@ -169,15 +170,21 @@ def weight_matching(spec: PermutationSpec, params_a: Mapping[str, Tensor], param
     * consecutive perms in the visiting order that share no parameter are solved concurrently
       (scipy releases the GIL): neither's similarity depends on the other's outcome.
     """
+    check_compatible(params_a, params_b)
+    terms = SimilarityTerms(spec, params_a, params_b)
+    return match_terms(terms, seed=seed, max_iter=max_iter, init_perms=init_perms, warm=warm)
+
+
+def match_terms(terms: "SimilarityTerms", *, seed: int = 0, max_iter: int = 100,
+                init_perms: Mapping[str, Tensor] | None = None,
+                warm: Mapping[str, AssignmentState] | None = None) -> MatchResult:
+    """`weight_matching` of the models ``terms`` holds. A caller matching one model B to a
+    target that changes a little (MergeMany) keeps the terms and calls `SimilarityTerms.retarget`
+    between matchings, so the kept products are updated instead of recomputed."""
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-    check_compatible(params_a, params_b)
-    dev = next(iter(params_a.values())).device
-    keys = list(spec.axes_to_perm)
-    a = {k: params_a[k].detach().to(dev, torch.float64) for k in keys}
-    b = {k: params_b[k].detach().to(dev, torch.float64) for k in keys}
-    perms = {p: t.to(dev) for p, t in (init_perms or identity_perms(spec, a)).items()}
-    terms = _SimilarityTerms(spec, a, b, {p: t.numel() for p, t in perms.items()})
+    spec, dev = terms.spec, terms.device
+    perms = {p: t.to(dev) for p, t in (init_perms or identity_perms(spec, terms.a)).items()}
 
     solves = certified = 0  # linear assignments solved; of those, proven by a certificate
     states: dict[str, AssignmentState] = dict(warm or {})
@@ -237,54 +244,71 @@ def weight_matching(spec: PermutationSpec, params_a: Mapping[str, Tensor], param
                        solves, certified, states)
 
 
-class _SimilarityTerms:
+class SimilarityTerms:
     """The operands of every perm's similarity matrix, laid out once for fast products.
 
-    For a parameter touching perm p on ``axis`` it keeps W_a as an (n, rest) matrix. If no other
-    axis is permuted, its product with W_b is constant and precomputed. Otherwise the parameter is
-    a matrix whose other axis is permuted by q, and W_b is kept transposed, (rest, n), so that
-    permuting by q is a cheap row gather (a column gather costs ~20x more).
+    Holds A and B in float64 on A's device. For a parameter touching perm p on ``axis`` it views
+    W_a as an (n, rest) matrix. If no other axis is permuted, its product with W_b is constant and
+    precomputed. Otherwise the parameter is a matrix whose other axis is permuted by q, and W_b is
+    kept transposed, (rest, n), so that permuting by q is a cheap row gather (a column gather
+    costs ~20x more).
 
     Each varying product is cached with the perm it was computed for. When q has since moved on
     few units K, the product is updated by the rank-|K| correction
     ``A[:, K] @ (B_t[q_new[K]] - B_t[q_old[K]])`` (the product is a sum over q's units) instead of
-    recomputed: late sweeps move a handful of units, so this costs |K|/n of a product. Rounding
-    drift is bounded by a fresh product after ``REFRESH`` corrections.
+    recomputed: late sweeps move a handful of units, so this costs |K|/n of a product. When A is
+    replaced (`retarget`), products are corrected the same way on the rows and columns where A
+    changed. Rounding drift is bounded by a fresh product after ``REFRESH`` corrections.
     """
 
-    # A correction is cheaper than a fresh product while |K| < n/4 (two gathers and a thinner
-    # matmul); past REFRESH corrections in a row the product is recomputed, so the accumulated
-    # float64 rounding stays ~1e-15 relative, far below IMPROVEMENT_TOL's scale.
+    # A correction is cheaper than a fresh product while it touches < 1/4 of the rows and
+    # columns (gathers and a thinner matmul); past REFRESH corrections in a row the product is
+    # recomputed, so the accumulated float64 rounding stays ~1e-15 relative, far below
+    # IMPROVEMENT_TOL's scale.
     SPARSE_FRACTION = 0.25
     REFRESH = 16
 
-    def __init__(self, spec: PermutationSpec, a: Params, b: Params, sizes: dict[str, int]):
-        self.spec, self.a, self.b = spec, a, b
+    def __init__(self, spec: PermutationSpec, params_a: Mapping[str, Tensor], params_b: Mapping[str, Tensor]):
+        self.spec = spec
+        self.device = next(iter(params_a.values())).device
+        keys = list(spec.axes_to_perm)
+        self.a = {k: params_a[k].detach().to(self.device, torch.float64) for k in keys}
+        self.b = {k: params_b[k].detach().to(self.device, torch.float64) for k in keys}
+        self.sizes = spec.perm_sizes(self.a)
         self.const: dict[str, Tensor] = {}
-        self.varying: dict[str, list[tuple[Tensor, Tensor, str]]] = {}
+        self.const_parts: dict[str, list[tuple[str, int]]] = {}  # (param, axis) summed into const[p]
+        self.const_updates = dict.fromkeys(spec.perm_to_axes, 0)
+        self.varying: dict[str, list[tuple[str, int, Tensor, str]]] = {}  # (param, axis, B_t, q)
         self.neighbours: dict[str, set[str]] = {}
         self.cache: dict[tuple[str, int], tuple[Tensor, Tensor, int]] = {}  # product, q used, corrections
+        self._permuted: dict[str, tuple[list[Tensor], Tensor]] = {}  # param -> (perms used, permuted B)
         for p, touching in spec.perm_to_axes.items():
-            n = sizes[p]
-            dev = a[touching[0][0]].device
-            self.const[p] = torch.zeros(n, n, dtype=torch.float64, device=dev)
-            self.varying[p], self.neighbours[p] = [], set()
+            n = self.sizes[p]
+            self.const_parts[p], self.varying[p], self.neighbours[p] = [], [], set()
             for k, axis in touching:
                 others = [(ax, q) for ax, q in enumerate(spec.axes_to_perm[k]) if q is not None and ax != axis]
                 self.neighbours[p] |= {q for _, q in others}
-                a_rows = _rows(a[k], axis, n)
                 if not others:
-                    self.const[p] += a_rows @ _rows(b[k], axis, n).T
-                elif a[k].ndim == 2:
-                    self.varying[p].append((a_rows, _rows(b[k], axis, n).T.contiguous(), others[0][1]))
+                    self.const_parts[p].append((k, axis))
+                elif self.a[k].ndim == 2:
+                    self.varying[p].append((k, axis, _rows(self.b[k], axis, n).T.contiguous(), others[0][1]))
                 else:
                     raise ValueError(f"weight matching supports permuted matrices and vectors; {k} has "
-                                     f"{a[k].ndim} axes")
+                                     f"{self.a[k].ndim} axes")
+            self.const[p] = self._fresh_const(p)
+
+    def _fresh_const(self, p: str) -> Tensor:
+        n = self.sizes[p]
+        const = torch.zeros(n, n, dtype=torch.float64, device=self.device)
+        for k, axis in self.const_parts[p]:
+            const += _rows(self.a[k], axis, n) @ _rows(self.b[k], axis, n).T
+        return const
 
     def similarity(self, p: str, perms: Mapping[str, Tensor]) -> Tensor:
+        n = self.sizes[p]
         sim = self.const[p].clone()
-        for t, (a_rows, b_t, q) in enumerate(self.varying[p]):
-            sim += self._product(p, t, a_rows, b_t, perms[q])
+        for t, (k, axis, b_t, q) in enumerate(self.varying[p]):
+            sim += self._product(p, t, _rows(self.a[k], axis, n), b_t, perms[q])
         return sim
 
     def _product(self, p: str, t: int, a_rows: Tensor, b_t: Tensor, perm: Tensor) -> Tensor:
@@ -303,9 +327,80 @@ class _SimilarityTerms:
         self.cache[(p, t)] = (prod, perm.clone(), 0)
         return prod
 
+    def retarget(self, params_a: Mapping[str, Tensor]) -> None:
+        """Replace model A (same shapes), keeping B. Where the new A differs from the old on few
+        rows and columns of a term (MergeMany: the mean of the other models moves where their
+        permutations moved a few units), the kept product ``A @ X`` is corrected by
+        ``D[R] @ X`` on the changed rows R and ``D[:, C] @ X[C]`` on the changed columns C of
+        ``D = A_new - A_old``; otherwise it is recomputed when next needed."""
+        new = {k: params_a[k].detach().to(self.device, torch.float64) for k in self.a}
+        for k in new:
+            if new[k].shape != self.a[k].shape:
+                raise ValueError(f"retarget: {k} has shape {tuple(new[k].shape)}, expected {tuple(self.a[k].shape)}")
+        diff = {k: new[k] - self.a[k] for k in new}
+        for p in self.spec.perm_to_axes:
+            n = self.sizes[p]
+            const, ok = self.const[p], self.const_updates[p] < self.REFRESH
+            for k, axis in self.const_parts[p]:
+                ok = ok and self._correct(const, _rows(diff[k], axis, n), _rows(self.b[k], axis, n).T)
+            if ok:
+                self.const_updates[p] += 1
+            else:
+                self.const_updates[p] = 0
+                self.const[p] = None  # recomputed below, once A is replaced
+            for t, (k, axis, b_t, q) in enumerate(self.varying[p]):
+                cached = self.cache.get((p, t))
+                if cached is None:
+                    continue
+                prod, used, corrections = cached
+                if corrections < self.REFRESH and self._correct(prod, _rows(diff[k], axis, n), b_t, used):
+                    self.cache[(p, t)] = (prod, used, corrections + 1)
+                else:
+                    del self.cache[(p, t)]
+        self.a = new
+        for p in self.spec.perm_to_axes:
+            if self.const[p] is None:
+                self.const[p] = self._fresh_const(p)
+
+    def _correct(self, prod: Tensor, d: Tensor, x: Tensor, gather: Tensor | None = None) -> bool:
+        """Add ``d @ x[gather]`` to ``prod`` in place when ``d`` is nonzero on few rows and
+        columns (False, prod untouched, when a fresh product is cheaper)."""
+        # A changed row is (nearly) all nonzero, an unchanged one only on the changed columns;
+        # rows past the sparse fraction are taken whole, the columns left cover the rest exactly.
+        nz = d != 0
+        rows = nz.sum(1) > self.SPARSE_FRACTION * d.shape[1]
+        r = rows.nonzero().flatten()
+        rest = (~rows).nonzero().flatten()
+        c = nz[rest].any(0).nonzero().flatten()
+        if r.numel() + c.numel() == 0:
+            return True
+        if r.numel() > self.SPARSE_FRACTION * d.shape[0] or c.numel() > self.SPARSE_FRACTION * d.shape[1]:
+            return False
+        if r.numel():
+            dr = d[r]
+            if gather is not None:  # d[r] @ x[gather] == d[r][:, gather^-1] @ x: gathers |r| rows, not all of x
+                dr = dr.index_select(1, torch.argsort(gather))
+            prod[r] += dr @ x
+        if c.numel():
+            xc = x[c] if gather is None else x.index_select(0, gather[c])
+            prod[rest] += d[rest][:, c] @ xc
+        return True
+
     def objective(self, perms: Mapping[str, Tensor]) -> float:
-        pb = apply_permutation(self.spec, perms, self.b)
-        return float(sum(torch.vdot(self.a[k].flatten(), pb[k].flatten()) for k in self.a))
+        # B permuted is kept per parameter with the perms it was permuted by: a later call (the
+        # next MergeMany matching) re-permutes only the parameters whose perms moved.
+        total = 0.0
+        for k, axes in self.spec.axes_to_perm.items():
+            used = [perms[q] for q in axes if q is not None]
+            kept = self._permuted.get(k)
+            if kept is None or any(not torch.equal(u, v) for u, v in zip(used, kept[0])):
+                w = self.b[k]
+                for axis, q in enumerate(axes):
+                    if q is not None:
+                        w = w.index_select(axis, perms[q])
+                kept = self._permuted[k] = ([u.clone() for u in used], w)
+            total += float(torch.vdot(self.a[k].flatten(), kept[1].flatten()))
+        return total
 
 
 _POOL: ThreadPoolExecutor | None = None

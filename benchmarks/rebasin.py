@@ -66,7 +66,8 @@ def main() -> None:
         h = mm.provenance["history"]
         print(f"merge_many, {n} models: {t:.1f} s, {mm.provenance['iterations']} passes, converged="
               f"{mm.provenance['converged']}, {sum(x['inner_solves'] for x in h)} assignments "
-              f"({sum(x['inner_certified'] for x in h)} certified) -> {t / plain_s:.1f}x one plain pair; "
+              f"({sum(x['inner_certified'] for x in h)} certified, {sum(x['skipped'] for x in h)} matchings skipped "
+              f"as proven no-ops) -> {t / plain_s:.1f}x one plain pair; "
               f"target {target:.1f} s: {'met' if t <= target and mm.provenance['converged'] else 'NOT met'}")
 
 

@@ -6,7 +6,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from audit.assignment import AssignmentState, solve_assignment
-from audit.rebasin import _SimilarityTerms, identity_perms, mlp_permutation_spec
+from audit.rebasin import SimilarityTerms, identity_perms, mlp_permutation_spec
 
 
 def scipy_value(m, maximize=True):
@@ -113,7 +113,7 @@ def test_real_similarity_matrices_along_a_matching(trained_pair):
     a64 = {k: a[k].double() for k in keys}
     b64 = {k: b[k].double() for k in keys}
     perms = identity_perms(spec, a64)
-    terms = _SimilarityTerms(spec, a64, b64, {p: t.numel() for p, t in perms.items()})
+    terms = SimilarityTerms(spec, a64, b64)
     g = torch.Generator().manual_seed(0)
     states, checked = {}, 0
     for step in range(40):

@@ -113,3 +113,35 @@ def test_incompatible_models_name_the_key_and_shapes():
         check_compatible(a, b)
     with pytest.raises(ValueError, match="different parameters"):
         check_compatible(a, MLP(10, (6, 6), 3).state_dict())
+
+
+@pytest.mark.parametrize("moved", [3, 40, 200])
+def test_retargeted_similarities_equal_fresh_ones(trained_pair, moved):
+    """MergeMany keeps one model's similarity terms and moves the target: after `retarget` to a
+    target permuted on `moved` units per layer (few: corrected in place; many: recomputed), every
+    similarity equals the one built from scratch for the new target."""
+    from audit.rebasin import SimilarityTerms
+
+    _, (a, b) = trained_pair
+    spec = mlp_permutation_spec(a)
+    g = torch.Generator().manual_seed(moved)
+    perms = random_perms(spec, b, 2)
+    terms = SimilarityTerms(spec, a, b)
+    for p in spec.perm_names:  # fill the product cache at the current perms
+        terms.similarity(p, perms)
+    shuffle = {}
+    for p, n in spec.perm_sizes(a).items():
+        idx = torch.randperm(n, generator=g)[:moved]
+        s = torch.arange(n)
+        s[idx] = idx[torch.randperm(moved, generator=g)]
+        shuffle[p] = s
+    target = apply_permutation(spec, shuffle, a)
+    cached = len(terms.cache)
+    terms.retarget(target)
+    assert len(terms.cache) == (cached if moved < 0.25 * 256 else 0)  # corrected, or dropped for recomputing
+    fresh = SimilarityTerms(spec, target, b)
+    for p in spec.perm_names:
+        got, want = terms.similarity(p, perms), fresh.similarity(p, perms)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12 * want.abs().max().item())
+    with pytest.raises(ValueError, match="hidden.0.weight has shape"):
+        terms.retarget({**target, "hidden.0.weight": target["hidden.0.weight"][:-1]})
