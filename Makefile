@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: setup test repro ui bench
+.PHONY: setup test test-fast repro ui bench
 
 setup:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || \
@@ -20,6 +20,10 @@ test: setup
 		 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1)) || \
 		echo "note: could not install Debian's chromium; the report's browser test will be skipped"
 	$(UV) run --frozen pytest
+
+# The in-process unit tests (under a minute on 2 cores), for development; `make test` runs them all.
+test-fast: setup
+	$(UV) run --frozen pytest -q -m "not slow and not pipeline"
 
 # The whole pipeline on the embedded default (digits): train, merge, evaluate (see dvc.yaml).
 repro: setup

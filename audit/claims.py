@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from . import stats
-from .config import read_yaml
+from .config import UserError, read_yaml
+from .methods import METHODS
 
 TESTS = ("paired", "depth_change", "vs_base", "trend", "unpaired", "sides", "crossing", "spread_trend")
 EXPECT = ("greater", "less", "equivalent", "non_inferior", "within")
@@ -50,7 +51,7 @@ METRICS = ("clean_accuracy", "clean_loss", "fgsm_robust_accuracy", "fgsm_success
 KINDS = ("base", "merged", "regularized")
 
 
-class ClaimsError(ValueError):
+class ClaimsError(UserError, ValueError):
     """A malformed claims registry or results table (one-line message naming the claim and key)."""
 
 
@@ -94,8 +95,8 @@ class Claim:
                 kind, _, rest = sel.partition(":")
                 if kind == "merged":
                     out.add(rest.partition("@")[0])
-        if self.test == "sides":
-            out.add("hierarchical")
+        if self.test == "sides":  # the methods that run with either side permuted
+            out |= {name for name, m in METHODS.items() if m.sided}
         return out
 
 
@@ -430,7 +431,7 @@ def _test_claim(c: Claim, r: Results, margin: float, alpha: float, n_boot: int, 
         add(f"slope of log sd per merge level ({c.a})", None, res=res)
     elif c.test == "sides":
         t = r.values(c.metric, c.eps)
-        h = t[(t.kind == "merged") & (t.method == "hierarchical")]
+        h = t[(t.kind == "merged") & t.method.isin([name for name, m in METHODS.items() if m.sided])]
         for d in c.depth or (1,):
             hd = h[h.depth == d]
             first = hd[hd.side == "first"].set_index(["pool", "group", "merge_seed"]).value

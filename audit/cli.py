@@ -85,7 +85,7 @@ def _emit(frame, fmt: str) -> None:
 
 
 def _results(params_path: str):
-    from .pipeline import PipelineError, load_results
+    from .stages.claims import PipelineError, load_results
 
     params = _load(params_path)
     try:

@@ -2,7 +2,9 @@
 
 `load_params` checks every key against the dataclasses below: an unknown key, a wrong type or an
 impossible value is a `ConfigError` whose one-line message names the file, the dotted key and what
-is allowed. Defaults live here; params.yaml states every knob explicitly, with units.
+is allowed. Defaults live here and only here: params.yaml states every knob explicitly, with units, and a test
+keeps the two equal. No torch is imported: reading params is cheap and a stage's imports stay
+narrow.
 """
 
 from __future__ import annotations
@@ -16,18 +18,97 @@ from pathlib import Path
 
 import yaml
 
-from .data import DATASETS
-from .executor import EXECUTORS
-from .merge import PAIRINGS, PERMUTE_SIDES
-from .metrics import EvalConfig
-from .models import PRESETS
-from .zoo import DEVICES, ENGINES, TrainConfig
+from .methods import NAMES as METHODS
 
-METHODS = ("hierarchical", "mergemany", "naive")
+# Allowed values, here so that reading params needs no torch (the modules using them import them).
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "idx")
+EXECUTORS = ("local", "ray")
+PERMUTE_SIDES = ("first", "second")
+PAIRINGS = ("adjacent", "random")
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "cosine")
+ENGINES = ("auto", "loop", "batched")
+DEVICES = ("auto", "cpu", "cuda")
+# Hidden widths of the published architectures.
+PRESETS: dict[str, tuple[int, ...]] = {
+    "paper": (512, 512, 512, 256),  # Franke et al. 2025 (from the PyTorch port they adapted)
+    "rebasin": (512, 512, 512),  # Ainsworth et al. 2023, MNIST/CIFAR-10 MLP
+}
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """Bad input or a state the user can fix (a params file, a data set, a store, a registry):
+    every entry point prints its one-line message, never a traceback, and keeps what is computed."""
+
+
+class ConfigError(UserError, ValueError):
     """A bad params file: the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one model is trained (zoo.train, and the regularized baselines)."""
+
+    optimizer: str = "adam"
+    lr: float = 1e-3  # learning rate (per step)
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.0  # torch's coupled weight decay (added to the gradient)
+    schedule: str = "constant"  # constant, or cosine decay to 0 over all steps
+    epochs: int = 10
+    batch_size: int = 64  # the last, smaller batch of an epoch is kept
+    l1: float = 0.0  # loss += l1 * sum |theta| over weights and biases
+    l2: float = 0.0  # loss += l2 * sum theta^2 over weights and biases
+    augment: bool = False  # random crop (4 px zero padding) and horizontal flip, for CIFAR
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer: unknown value {self.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule: unknown value {self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
+        for name in ("lr", "momentum", "weight_decay", "l1", "l2"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.lr == 0:
+            raise ValueError("lr: must be > 0, got 0")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What `audit.metrics.evaluate` measures. eps in pixel units (see that module's docstring)."""
+
+    fgsm_eps: tuple[float, ...] = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1)  # L-inf
+    pgd_eps: tuple[float, ...] = (0.01, 0.02, 0.05)  # L-inf
+    pgd_steps: int = 10
+    deepfool_eps: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  # L2
+    deepfool_overshoot: float = 0.02
+    deepfool_max_iter: int = 50
+    lipschitz_points: int = 5  # first n test samples at which the local bound is computed
+    lipschitz_radius: float = 0.1  # L2 ball radius for the local bound
+    seed: int = 0  # PGD random starts; the paper-style power iterations' starts
+    batch_size: int = 4096  # samples per forward pass
+
+    def __post_init__(self):
+        for name in ("fgsm_eps", "pgd_eps", "deepfool_eps"):
+            values = tuple(float(v) for v in getattr(self, name))
+            object.__setattr__(self, name, values)
+            bad = [v for v in values if not 0.0 <= v <= (1.0 if name != "deepfool_eps" else float("inf"))]
+            if bad:
+                raise ValueError(f"{name}: eps must be {'in [0, 1]' if name != 'deepfool_eps' else '>= 0'}, got {bad[0]}")
+        for name in ("pgd_steps", "deepfool_max_iter", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}: must be a positive integer, got {getattr(self, name)}")
+        for name in ("lipschitz_points", "lipschitz_radius", "deepfool_overshoot"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -64,7 +145,8 @@ class ZooParams:
     device: str = "auto"  # auto | cpu | cuda
     engine: str = "auto"  # auto | loop | batched
     train: TrainConfig = field(default_factory=TrainConfig)
-    regularized: Mapping[str, RegularizedParams] = field(default_factory=dict)  # baselines by name
+    regularized: Mapping[str, RegularizedParams] = field(default_factory=lambda: {
+        "l1": RegularizedParams(l1=1e-4), "l2": RegularizedParams(l2=1e-3)})  # baselines by name
     regularized_models: int = 4  # models per regularized baseline (seeds 0..n-1 of pool 0)
 
     def check(self):
@@ -103,7 +185,7 @@ class MergeParams:
     pairing: str = "adjacent"
     lam: float = 0.5  # interpolation weight of the second model of a pair
     max_iter: int = 100  # weight-matching sweeps, at most
-    mergemany_max_iter: int = 100  # MergeMany iterations (passes over all models), at most
+    mergemany_max_iter: int = 3  # MergeMany iterations (passes over all models), at most
     workers: int = 0  # merge processes; 0: one per CPU core
 
     def check(self):

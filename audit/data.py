@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "idx")
+from .config import DATASETS, UserError  # noqa: F401 (DATASETS re-exported)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data set cannot be loaded as configured (missing files, bad layout, bad option)."""
 
 
@@ -176,3 +176,11 @@ def _load_torchvision(name: str, root: Path, download: bool):
         x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)  # MNIST (N,H,W); CIFAR (N,H,W,C)
         out += [x.astype(np.float32) / 255.0, np.asarray(ds.targets, dtype=np.int64)]
     return out
+
+
+def load_from_params(params, root: Path) -> "Dataset":
+    """The data set ``params.data`` (an `audit.config.Params`) names, paths relative to ``root``."""
+    p = params.data
+    path = None if p.path is None else (root / p.path if not Path(p.path).is_absolute() else Path(p.path))
+    return load_dataset(p.name, root=root / p.root, download=p.download, seed=p.seed,
+                        test_fraction=p.test_fraction, path=path)

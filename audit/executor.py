@@ -26,10 +26,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-EXECUTORS = ("local", "ray")
+from .config import EXECUTORS, UserError  # noqa: F401 (EXECUTORS re-exported)
 
 
-class TaskError(RuntimeError):
+class TaskError(UserError, RuntimeError):
     """A task could not finish (its worker died, or the cluster failed); the message names it."""
 
 

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import methods
+from .ablation import MergeJob
+from .config import PAIRINGS, PERMUTE_SIDES  # allowed values live with the params
 from .rebasin import (PermutationSpec, Params, SimilarityTerms, apply_permutation, check_compatible, identity_perms,
                       interpolate, match_terms, weight_matching)
-
-PERMUTE_SIDES = ("first", "second")
-PAIRINGS = ("adjacent", "random")
 
 
 @dataclass
@@ -241,3 +241,46 @@ def hierarchical_tree(params_list: Sequence[Mapping[str, Tensor]], spec: Permuta
             nxt.append((name, res.params, stages))
         level = nxt
     return out
+
+
+# ---------------------------------------------------------------- the registry's runners
+
+# How each registered method (`audit.methods`) merges one job's models. A runner takes the
+# members' state dicts (in job order), their permutation spec, the job and the merge settings
+# (merge.max_iter, mergemany_max_iter, lam, pairing) and returns the MergeResult.
+RUNNERS: dict = {}
+
+
+def runner(name: str):
+    """Register the function below as how method ``name`` merges (it must be in the registry)."""
+    methods.get(name)
+
+    def register(fn):
+        RUNNERS[name] = fn
+        return fn
+    return register
+
+
+def _member_names(job: MergeJob) -> list[str]:
+    return [f"s{s}" for s in job.members]
+
+
+@runner("naive")
+def run_naive(models, spec: PermutationSpec, job: MergeJob, cfg: dict) -> MergeResult:
+    return naive_merge(models, names=_member_names(job))
+
+
+@runner("mergemany")
+def run_mergemany(models, spec: PermutationSpec, job: MergeJob, cfg: dict) -> MergeResult:
+    return merge_many(models, spec, seed=job.seed, max_iter=cfg["mergemany_max_iter"], match_max_iter=cfg["max_iter"],
+                      names=_member_names(job))
+
+
+@runner("hierarchical")
+def run_hierarchical(models, spec: PermutationSpec, job: MergeJob, cfg: dict) -> MergeResult:
+    if cfg["pairing"] == "adjacent":  # the node of the pool's tree, from its own subtree
+        return hierarchical_tree(models, spec, seed=job.seed, lam=cfg["lam"], permute=job.side,
+                                 max_iter=cfg["max_iter"], names=_member_names(job), first_leaf=job.group * len(models),
+                                 depth=job.depth)[(job.depth, job.group)]
+    return hierarchical_merge(models, spec, seed=job.seed, lam=cfg["lam"], pairing=cfg["pairing"], permute=job.side,
+                              max_iter=cfg["max_iter"], names=_member_names(job))

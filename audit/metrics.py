@@ -36,15 +36,16 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import scipy.linalg
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .clean import clean_metrics, clean_predictions  # noqa: F401 (re-exported)
+from .config import EvalConfig  # noqa: F401 (re-exported)
 from .attacks import deepfool, fgsm_direction, pgd, pgd_noise
 from .models import MLP, layer_names, stack_params, stacked_forward
 from .rebasin import PermutationSpec, apply_permutation, interpolate, mlp_permutation_spec, weight_matching
@@ -54,62 +55,7 @@ Params = Mapping[str, Tensor]
 METRIC_COLUMNS = ["model", "metric", "eps", "value"]
 
 
-@dataclass(frozen=True)
-class EvalConfig:
-    """What `evaluate` measures. eps in pixel units (see the module docstring)."""
-
-    fgsm_eps: tuple[float, ...] = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1)  # L-inf
-    pgd_eps: tuple[float, ...] = (0.01, 0.02, 0.05)  # L-inf
-    pgd_steps: int = 10
-    deepfool_eps: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  # L2
-    deepfool_overshoot: float = 0.02
-    deepfool_max_iter: int = 50
-    lipschitz_points: int = 100  # first n test samples at which the local bound is computed
-    lipschitz_radius: float = 0.1  # L2 ball radius for the local bound
-    seed: int = 0  # PGD random starts; the paper-style power iterations' starts
-    batch_size: int = 4096  # samples per forward pass
-
-    def __post_init__(self):
-        for name in ("fgsm_eps", "pgd_eps", "deepfool_eps"):
-            values = tuple(float(v) for v in getattr(self, name))
-            object.__setattr__(self, name, values)
-            bad = [v for v in values if not 0.0 <= v <= (1.0 if name != "deepfool_eps" else float("inf"))]
-            if bad:
-                raise ValueError(f"{name}: eps must be {'in [0, 1]' if name != 'deepfool_eps' else '>= 0'}, got {bad[0]}")
-        for name in ("pgd_steps", "deepfool_max_iter", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name}: must be a positive integer, got {getattr(self, name)}")
-        for name in ("lipschitz_points", "lipschitz_radius", "deepfool_overshoot"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 # ---------------------------------------------------------------- clean accuracy and loss
-
-
-@torch.no_grad()
-def clean_metrics(params_list: Sequence[Params], x: Tensor, y: Tensor, *, batch_size: int = 4096,
-                  models_per_pass: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """(accuracy, mean cross-entropy) per model, arrays of len(params_list); on x's device.
-
-    Models of one architecture are stacked and evaluated ``models_per_pass`` at a time.
-    """
-    acc, loss = np.zeros(len(params_list)), np.zeros(len(params_list))
-    for start in range(0, len(params_list), models_per_pass):
-        chunk = params_list[start:start + models_per_pass]
-        stacked = {k: v.to(x.device) for k, v in stack_params(chunk).items()}
-        correct = torch.zeros(len(chunk), dtype=torch.float64, device=x.device)
-        total = torch.zeros(len(chunk), dtype=torch.float64, device=x.device)
-        for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
-            logits = stacked_forward(stacked, xb)  # (K, B, C)
-            correct += (logits.argmax(2) == yb).sum(1)
-            total += F.cross_entropy(logits.transpose(1, 2), yb.expand(len(chunk), -1), reduction="none").sum(1)
-        acc[start:start + len(chunk)] = (correct / len(y)).cpu().numpy()
-        loss[start:start + len(chunk)] = (total / len(y)).cpu().numpy()
-    return acc, loss
 
 
 # ---------------------------------------------------------------- barriers
@@ -368,17 +314,6 @@ def _pixel_layers(params: Params) -> list[tuple[Tensor, Tensor]]:
 
 
 # ---------------------------------------------------------------- attacks as metrics
-
-
-def clean_predictions(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> tuple[Tensor, float]:
-    """(per-sample correctness, mean cross-entropy) of one model."""
-    correct, loss = [], 0.0
-    with torch.no_grad():
-        for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
-            logits = model(xb)
-            correct.append(logits.argmax(1) == yb)
-            loss += float(F.cross_entropy(logits, yb, reduction="sum"))
-    return torch.cat(correct), loss / len(y)
 
 
 def _correct(model: MLP, x: Tensor, y: Tensor, batch_size: int) -> Tensor:

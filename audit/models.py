@@ -13,11 +13,17 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-# Hidden widths of the published architectures.
-PRESETS: dict[str, tuple[int, ...]] = {
-    "paper": (512, 512, 512, 256),  # Franke et al. 2025 (from the PyTorch port they adapted)
-    "rebasin": (512, 512, 512),  # Ainsworth et al. 2023, MNIST/CIFAR-10 MLP
-}
+from .config import DEVICES, PRESETS  # read with the params, without torch
+
+
+def resolve_device(device: str) -> torch.device:
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA device is available (use 'auto' or 'cpu')")
+    return torch.device(device)
 
 
 def resolve_widths(widths: str | Sequence[int]) -> tuple[int, ...]:

@@ -20,14 +20,15 @@ import yaml
 
 from . import __version__
 from .claims import verdict_reading
-from .config import Params, to_dict
+from .config import Params, UserError, to_dict
+from .methods import METHODS
+from .paths import REPORT_DIR
 
-REPORT_DIR = Path("reports/audit")
-METHOD_COLORS = {"base": "#444444", "hierarchical": "#1f77b4", "mergemany": "#d62728", "naive": "#7f7f7f",
-                 "l1": "#ff7f0e", "l2": "#9467bd"}
+# Merge methods take their colours from the registry; base models and the shipped baselines' here.
+METHOD_COLORS = {"base": "#444444", **{name: m.colour for name, m in METHODS.items()}, "l1": "#ff7f0e", "l2": "#9467bd"}
 
 
-class ReportError(RuntimeError):
+class ReportError(UserError, RuntimeError):
     """Inputs of the report are missing or malformed (one line naming the file)."""
 
 
@@ -76,7 +77,7 @@ def _figures(table: pd.DataFrame, barriers: pd.DataFrame, params: Params, out: P
     acc = t[t.metric == "clean_accuracy"]
     merged = acc[acc.kind == "merged"]
     depths = sorted(merged.depth.unique())
-    methods = [m for m in ("hierarchical", "mergemany", "naive") if m in set(merged.method)]
+    methods = [m for m in METHODS if m in set(merged.method)]
     fig, ax = plt.subplots(figsize=(8, 4.2))
     width = 0.8 / max(len(methods), 1)
     for i, m in enumerate(methods):

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import torch
 
-from .config import Params
+from . import methods
+from .ablation import merge_jobs, tree_jobs
+from .config import Params, UserError
 from .models import resolve_widths
 
 GIB = 2**30
@@ -28,7 +30,7 @@ KNOWN_SHAPES = {"mnist": (784, 10, 60000, 10000), "fashion-mnist": (784, 10, 600
                 "cifar10": (3072, 10, 50000, 10000), "cifar100": (3072, 100, 50000, 10000)}
 
 
-class ResourceError(RuntimeError):
+class ResourceError(UserError, RuntimeError):
     """The experiment does not fit this machine; the message says what it needs."""
 
 
@@ -73,8 +75,6 @@ def _duration(seconds: float) -> str:
 
 
 def model_counts(params: Params) -> dict[str, int]:
-    from .pipeline import merge_jobs  # the pipeline's own job list (imported here: it imports this module)
-
     z = params.zoo
     merged = sum(len(merge_jobs(params, m)) for m in params.merge.methods)
     return {"base": z.pools * z.pool_size, "regularized": len(z.regularized) * z.regularized_models, "merged": merged}
@@ -151,23 +151,21 @@ def estimate(params: Params, shape: Shape, device: torch.device | None = None) -
     c = calibrate(shape, z.arch, z.train.batch_size, device)
     steps = z.train.epochs * math.ceil(shape.n_train / z.train.batch_size)
     train = (counts["base"] + counts["regularized"]) * steps * c["step"]
-    # Weight matching: a merge of 2^d models runs 2^d - 1 pair matchings (hierarchical; one tree
-    # per pool, seed and side shares its lower stages) or MergeMany's passes (see above).
-    from .pipeline import merge_jobs, tree_jobs  # imported here: the pipeline imports this module
-
+    # Weight matching, in pair matchings per method (`audit.methods` cost): a tree of pair merges
+    # (one per pool, seed and side with adjacent pairing, sharing its lower stages; k - 1 per group
+    # otherwise) or MergeMany's passes (see above).
     passes = min(m.mergemany_max_iter, MERGEMANY_PASSES)
     pairs = 0.0
     for method in m.methods:
-        if method == "naive":
-            continue
+        cost = methods.get(method).cost
         jobs = merge_jobs(params, method)
-        if method == "hierarchical" and m.pairing == "adjacent":
-            pairs += sum(2 ** (z.depth - d) for tree in tree_jobs(params, jobs) for d in range(1, tree.depth + 1))
-        else:
-            for job in jobs:
-                k = len(job.members)
-                pairs += (k - 1) if method == "hierarchical" else \
-                    k * (MERGEMANY_FIRST_PASS + MERGEMANY_LATER_PASS * (passes - 1))
+        if cost == "tree" and m.pairing == "adjacent":
+            pairs += sum(tree.pair_merges for tree in tree_jobs(params, jobs))
+        elif cost == "tree":
+            pairs += sum(len(job.members) - 1 for job in jobs)
+        elif cost == "passes":
+            pairs += sum(len(job.members) * (MERGEMANY_FIRST_PASS + MERGEMANY_LATER_PASS * (passes - 1))
+                         for job in jobs)
     merge = pairs * c["match_pair"]
     # Gradients per input: FGSM 1 per eps, PGD steps per eps, DeepFool ~10 iterations x classes.
     grads = len(e.fgsm_eps) + e.pgd_steps * len(e.pgd_eps) + 10 * shape.n_classes
@@ -187,9 +185,9 @@ def shape_of(params: Params, root: Path) -> Shape:
     if params.data.name in KNOWN_SHAPES:
         f, k, n, t = KNOWN_SHAPES[params.data.name]
         return Shape(f, k, n, min(t, n_eval or t))
-    from .pipeline import load_data
+    from .data import load_from_params
 
-    data = load_data(params, root)
+    data = load_from_params(params, root)
     return Shape(data.in_features, data.n_classes, len(data.y_train), min(len(data.y_test), n_eval or len(data.y_test)))
 
 

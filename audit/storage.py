@@ -30,13 +30,14 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
 
+from .config import UserError
 from .models import architecture_of
 
 MANIFEST = "manifest.json"
 FORMAT = 1
 
 
-class StorageError(ValueError):
+class StorageError(UserError, ValueError):
     """A stored file is missing, corrupt, tampered with or inconsistent; the message names it."""
 
 
@@ -216,8 +217,24 @@ class ModelStore:
             if want is not None and (got := file_architecture(self.path(key))) != want:
                 raise StorageError(f"{self.path(key)}: architecture {got} does not match the store's {want}")
 
-    def finished(self) -> set[str]:
-        return {k for k in list(self.entries) if self.verify(k)}
+    def finished(self, recipes: Mapping[str, str] | None = None) -> set[str]:
+        """Keys whose file is intact. With ``recipes`` (key -> digest of everything that model
+        depends on), only those whose entry was made from the same recipe: a model whose inputs
+        or settings changed is not finished, it is made again (and replaces the entry)."""
+        return {k for k in list(self.entries)
+                if (recipes is None or self.entries[k].get("recipe") == recipes.get(k)) and self.verify(k)}
+
+    def retain(self, keys: Iterable[str]) -> None:
+        """Delete the models not in ``keys`` (an experiment that no longer has them), so the store
+        holds exactly the current experiment's models and settings never mix."""
+        keys = set(keys)
+        gone = [k for k in self.entries if k not in keys]
+        if gone:
+            print(f"note: {self.dir}: {len(gone)} models are no longer part of the experiment; deleting them",
+                  file=sys.stderr)
+            for k in gone:
+                (self.dir / self.entries.pop(k)["file"]).unlink(missing_ok=True)
+            self._write()
 
     def add(self, key: str, filename: str, params: Mapping[str, Tensor], info: Mapping) -> dict:
         sha = save_params(self.dir / filename, params, {"key": key})

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,58 +25,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import __version__
+from .config import DEVICES, ENGINES, OPTIMIZERS, SCHEDULES, TrainConfig  # noqa: F401 (re-exported)
 from .data import Dataset
 from .executor import ExecutorConfig, Task, run_tasks
-from .metrics import clean_predictions
-from .models import MLP, resolve_widths, stack_params, stacked_forward
+from .imports import code_digest
+from .clean import clean_predictions
+from .models import MLP, resolve_device, resolve_widths, stack_params, stacked_forward  # noqa: F401 (resolve_device re-exported)
 from .storage import ModelStore
-
-OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("constant", "cosine")
-ENGINES = ("auto", "loop", "batched")
-DEVICES = ("auto", "cpu", "cuda")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    optimizer: str = "adam"
-    lr: float = 1e-3  # learning rate (per step)
-    momentum: float = 0.9  # SGD only
-    weight_decay: float = 0.0  # torch's coupled weight decay (added to the gradient)
-    schedule: str = "constant"  # constant, or cosine decay to 0 over all steps
-    epochs: int = 10
-    batch_size: int = 128  # the last, smaller batch of an epoch is kept
-    l1: float = 0.0  # loss += l1 * sum |theta| over weights and biases
-    l2: float = 0.0  # loss += l2 * sum theta^2 over weights and biases
-    augment: bool = False  # random crop (4 px zero padding) and horizontal flip, for CIFAR
-
-    def __post_init__(self):
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer: unknown value {self.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule: unknown value {self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
-        for name in ("lr", "momentum", "weight_decay", "l1", "l2"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
-        if self.lr == 0:
-            raise ValueError("lr: must be > 0, got 0")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA device is available (use 'auto' or 'cpu')")
-    return torch.device(device)
-
 
 def resolve_engine(engine: str, device: torch.device) -> str:
     """'auto' -> batched on GPU, loop on CPU (see benchmarks/zoo.py for the measurement behind it)."""
@@ -254,6 +209,8 @@ def zoo_header(data: Dataset, widths: Sequence[int], cfg: TrainConfig) -> dict:
         "architecture": {"in_features": data.in_features, "widths": list(resolve_widths(widths)),
                          "n_classes": data.n_classes},
         "train": cfg.to_dict(),
+        # The training code (every project module it runs): edited code retrains, never reuses.
+        "code": code_digest("audit.zoo"),
         "versions": {"audit": __version__, "torch": torch.__version__},
     }
 

@@ -1,6 +1,6 @@
-"""DVC stage `audit`: reads params.yaml, runs `audit.pipeline.run_audit`, writes its outs (see dvc.yaml)."""
+"""DVC stage `audit`: `audit.stages.claims.main` (reads params.yaml, writes the outs dvc.yaml lists)."""
 
-from audit.pipeline import run_audit, stage_main
+from audit.stages.claims import main
 
 if __name__ == "__main__":
-    stage_main(run_audit)
+    main()

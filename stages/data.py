@@ -1,6 +1,6 @@
-"""DVC stage `data`: reads params.yaml, runs `audit.pipeline.run_data`, writes its outs (see dvc.yaml)."""
+"""DVC stage `data`: `audit.stages.data.main` (reads params.yaml, writes the outs dvc.yaml lists)."""
 
-from audit.pipeline import run_data, stage_main
+from audit.stages.data import main
 
 if __name__ == "__main__":
-    stage_main(run_data)
+    main()

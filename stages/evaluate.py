@@ -1,6 +1,6 @@
-"""DVC stage `evaluate`: reads params.yaml, runs `audit.pipeline.run_evaluate`, writes its outs (see dvc.yaml)."""
+"""DVC stage `evaluate`: `audit.stages.evaluate.main` (reads params.yaml, writes the outs dvc.yaml lists)."""
 
-from audit.pipeline import run_evaluate, stage_main
+from audit.stages.evaluate import main
 
 if __name__ == "__main__":
-    stage_main(run_evaluate)
+    main()

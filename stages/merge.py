@@ -1,6 +1,6 @@
-"""DVC stage `merge`: reads params.yaml, runs `audit.pipeline.run_merge`, writes its outs (see dvc.yaml)."""
+"""DVC stage `merge`: `audit.stages.merge.main` (reads params.yaml, writes the outs dvc.yaml lists)."""
 
-from audit.pipeline import run_merge, stage_main
+from audit.stages.merge import main
 
 if __name__ == "__main__":
-    stage_main(run_merge)
+    main()

@@ -1,6 +1,6 @@
-"""DVC stage `report`: reads params.yaml, runs `audit.pipeline.run_report`, writes reports/audit/ (see dvc.yaml)."""
+"""DVC stage `report`: `audit.stages.report.main` (reads params.yaml, writes the outs dvc.yaml lists)."""
 
-from audit.pipeline import run_report, stage_main
+from audit.stages.report import main
 
 if __name__ == "__main__":
-    stage_main(run_report)
+    main()

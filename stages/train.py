@@ -1,6 +1,6 @@
-"""DVC stage `train`: reads params.yaml, runs `audit.pipeline.run_train`, writes its outs (see dvc.yaml)."""
+"""DVC stage `train`: `audit.stages.train.main` (reads params.yaml, writes the outs dvc.yaml lists)."""
 
-from audit.pipeline import run_train, stage_main
+from audit.stages.train import main
 
 if __name__ == "__main__":
-    stage_main(run_train)
+    main()

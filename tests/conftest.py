@@ -31,3 +31,10 @@ def trained_pair(real_data):
     torch.manual_seed(0)
     models = train_batched(real_data, (256, 256), TrainConfig(epochs=3, lr=1e-3, batch_size=128), [0, 1])
     return real_data, [m.params for m in models]
+
+
+def pytest_collection_modifyitems(config, items):
+    """tests/reliability runs whole stages as subprocesses: marked `pipeline`, outside `make test-fast`."""
+    for item in items:
+        if "reliability" in Path(str(item.fspath)).parts:
+            item.add_marker(pytest.mark.pipeline)

@@ -59,3 +59,40 @@ def test_unreadable_files_are_one_line_errors(tmp_path):
     bad.write_text("zoo: [\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML \(line"):
         load_params(bad)
+
+
+def test_the_defaults_are_the_shipped_params_file():
+    """Each default lives in one place: the dataclasses; params.yaml states the same values."""
+    import yaml
+
+    from audit.config import Params, to_dict
+    from tests.conftest import REPO
+
+    assert yaml.safe_load((REPO / "params.yaml").read_text()) == to_dict(Params())
+
+
+def test_every_preset_states_every_knob_and_loads():
+    import yaml
+
+    from audit.config import Params, load_params, to_dict
+    from tests.conftest import REPO
+
+    def keys(d, prefix=""):
+        return {f"{prefix}{k}" for k, v in d.items()} | {x for k, v in d.items() if isinstance(v, dict) and k != "regularized"
+                                                       for x in keys(v, f"{prefix}{k}.")}
+
+    want = keys(to_dict(Params()))
+    for path in sorted((REPO / "params").glob("*.yaml")):
+        load_params(path)
+        assert keys(yaml.safe_load(path.read_text())) == want, path.name
+
+
+def test_reading_params_imports_no_torch():
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = "import sys; from audit.config import load_params; load_params('params.yaml'); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -213,3 +213,12 @@ def test_tree_nodes_are_the_groups_merges_and_a_subtree_gives_the_same_nodes():
         torch.testing.assert_close(v, models[0][k])
     with pytest.raises(ValueError, match="does not fit"):
         hierarchical_tree(models[2:6], spec, first_leaf=2)
+
+
+def test_every_registered_method_has_a_runner_and_nothing_else_does():
+    from audit.merge import RUNNERS
+    from audit.methods import METHODS, get
+
+    assert set(RUNNERS) == set(METHODS)
+    with pytest.raises(ValueError, match="unknown merge method 'ties'; registered: hierarchical, mergemany, naive"):
+        get("ties")

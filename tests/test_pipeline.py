@@ -11,17 +11,15 @@ import pytest
 import yaml
 
 from audit.config import load_params
-from audit.pipeline import merge_jobs
+from audit.ablation import merge_jobs
 from tests.conftest import REPO
 
+# The tiny preset (params/tiny.yaml) with two layers, an L2 baseline, two merge seeds and MLflow on.
 TINY = {
-    "data": {"name": "digits", "eval_samples": 100},
-    "zoo": {"arch": [32, 32], "depth": 2, "train": {"epochs": 2, "batch_size": 64},
-            "regularized": {"l2": {"l2": 0.001}}, "regularized_models": 2},
-    "merge": {"seeds": [0, 1], "mergemany_max_iter": 5, "workers": 1},
-    "eval": {"metrics": {"lipschitz_points": 5, "fgsm_eps": [0.0, 0.01], "pgd_eps": [0.01],
-                         "deepfool_eps": [0.5]}, "barrier_pairs": 1},
-    "audit": {"beyond_depth": "not_measured"},  # a depth-2 zoo against the paper-depth registry
+    "zoo": {"arch": [32, 32], "regularized": {"l2": {"l2": 0.001}}, "regularized_models": 2},
+    "merge": {"seeds": [0, 1], "mergemany_max_iter": 5},
+    "eval": {"metrics": {"lipschitz_points": 5, "pgd_steps": 10, "deepfool_max_iter": 50}, "barrier_points": 25},
+    "tracking": {"enabled": True},
 }
 
 
@@ -48,7 +46,7 @@ def project(tmp_path_factory):
     for name in ("stages", "audit", "reports"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     # DVC needs every param that dvc.yaml names in the file: the shipped file with tiny overrides.
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = yaml.safe_load((REPO / "params" / "tiny.yaml").read_text())
     (root / "params.yaml").write_text(yaml.safe_dump(deep_update(params, TINY)))
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
@@ -153,3 +151,28 @@ def test_nothing_changed_runs_nothing_and_an_eval_param_reruns_only_evaluation(p
     assert ran == ["Running stage 'evaluate':", "Running stage 'audit':", "Running stage 'report':"], log
     table = pd.read_csv(root / "results/evaluation.csv")
     assert (table[table.metric == "lipschitz_local_mean"].eps == 0.2).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("edited,changed", [
+    ("audit/stats.py", {"audit", "report"}),
+    ("audit/report.py", {"report"}),
+    ("audit/attacks.py", {"evaluate"}),
+    ("audit/rebasin.py", {"merge@hierarchical", "merge@mergemany", "merge@naive", "evaluate"}),
+    ("audit/zoo.py", {"train"}),
+    ("audit/ablation.py", {"train", "merge@hierarchical", "merge@mergemany", "merge@naive", "evaluate"}),
+])
+def test_editing_code_changes_exactly_the_stages_that_run_it(project, edited, changed):
+    """`dvc status` after a one-line edit names the stages whose deps it touched (their downstream
+    stages rerun on the changed outs); everything else stays up to date."""
+    root, _ = project
+    path = root / edited
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original + b"\n# edited\n")
+        out = run(root, "status", "--json")
+        status = json.loads(out[out.index("{"):out.rindex("}") + 1])
+    finally:
+        path.write_bytes(original)
+    assert set(status) == changed, status
+    assert "up to date" in run(root, "status")

@@ -46,7 +46,7 @@ def run_dir(tmp_path_factory):
     (root / "results/data.json").write_text(json.dumps({"name": "digits", "fingerprint": "ab" * 32}))
     params = params_from_dict({"zoo": {"depth": 3, "pools": 3}, "audit": {"bootstrap": 500, "beyond_depth": "not_measured"},
                                "tracking": {"enabled": False}})
-    from audit.pipeline import run_audit
+    from audit.stages.claims import run as run_audit
     from tests.conftest import REPO
 
     (root / "reports").mkdir()

@@ -16,17 +16,9 @@ import yaml
 
 from tests.conftest import REPO
 
-SMALL = {
-    "data": {"name": "digits", "eval_samples": 100},
-    "zoo": {"arch": [32], "depth": 2, "train": {"epochs": 2, "batch_size": 64}, "regularized": {}},
-    "merge": {"seeds": [0], "mergemany_max_iter": 2, "workers": 1},
-    "eval": {"metrics": {"lipschitz_points": 2, "fgsm_eps": [0.0, 0.01], "pgd_eps": [0.01], "pgd_steps": 3,
-                         "deepfool_eps": [0.5], "deepfool_max_iter": 10}, "barrier_pairs": 1, "barrier_points": 5,
-             "workers": 1},
-    "tracking": {"enabled": False},
-    # a depth-2 zoo against the shipped (paper-depth) registry: deeper claims read "not measured"
-    "audit": {"beyond_depth": "not_measured"},
-}
+# The tiny preset every scratch project starts from (the whole pipeline in seconds).
+TINY_PARAMS = REPO / "params" / "tiny.yaml"
+SMALL = yaml.safe_load(TINY_PARAMS.read_text())
 STAGES = ("data", "train", "merge", "evaluate", "claims", "report")
 OUTPUTS = ("models", "results", "metrics", "reports/audit")
 
@@ -38,8 +30,8 @@ def deep_update(base: dict, new: dict) -> dict:
 
 
 def params_dict(*overrides: dict) -> dict:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for o in (SMALL, *overrides):
+    params = yaml.safe_load(TINY_PARAMS.read_text())
+    for o in overrides:
         params = deep_update(params, o)
     return params
 
@@ -82,16 +74,17 @@ def stage_here(root: Path, name: str, *args: str) -> tuple[int, str, str]:
     import contextlib
     import io
 
-    from audit import pipeline, tracking
+    import importlib
 
-    run = {"data": pipeline.run_data, "train": pipeline.run_train, "merge": pipeline.run_merge,
-           "evaluate": pipeline.run_evaluate, "claims": pipeline.run_audit, "report": pipeline.run_report}[name]
+    from audit import tracking
+
+    stage = importlib.import_module(f"audit.stages.{name}")
     out, err = io.StringIO(), io.StringIO()
     tracking._FAILURES.clear()
     code = 0
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            pipeline.stage_main(run, ["--root", str(root), *args])
+            stage.main(["--root", str(root), *args])
         except SystemExit as e:
             code = e.code
     return code, out.getvalue(), err.getvalue()

@@ -10,7 +10,8 @@ import torch
 from audit.config import params_from_dict
 from audit.data import load_dataset
 from audit.metrics import EvalConfig, evaluate
-from audit.pipeline import _run_merge_job, merge_jobs
+from audit.ablation import merge_jobs
+from audit.stages.merge import run_job
 from audit.storage import ModelStore
 from audit.zoo import TrainConfig, train_zoo
 from tests.reliability.project import SMALL, contents, snapshot
@@ -38,7 +39,7 @@ def run_once(root, disturbance: int):
             files = [str(store.path(str(s))) for s in job.members]
             shas = [store.entries[str(s)]["sha256"] for s in job.members]
             cfg = {"max_iter": 100, "mergemany_max_iter": 2, "lam": 0.5, "pairing": "random", "device": "cpu"}
-            merged[job.model_id], _, _ = _run_merge_job(job, files, shas, cfg, torch.get_num_threads())
+            merged[job.model_id], _, _ = run_job(job, files, shas, cfg, torch.get_num_threads())
     models = {f"s{k}": store.load(k) for k in store.entries} | merged
     table = evaluate(models, data.x_test[:100], data.y_test[:100], EVAL)
     return store, merged, table
@@ -72,7 +73,8 @@ def test_different_seeds_do_give_different_models(tmp_path):
 def test_a_pools_tree_gives_each_groups_model_exactly(tmp_path):
     """With pairing adjacent the merge stage computes one tree per pool, seed and side; each of its
     nodes equals the group's model computed alone from its own subtree (same bytes)."""
-    from audit.pipeline import _run_merge_tree, tree_jobs
+    from audit.ablation import tree_jobs
+    from audit.stages.merge import run_tree
 
     data = load_dataset("digits")
     store = train_zoo(tmp_path / "zoo", data, (32,), CFG, [0, 1, 2, 3], device="cpu", progress=False)
@@ -86,8 +88,8 @@ def test_a_pools_tree_gives_each_groups_model_exactly(tmp_path):
     for tree in trees:
         files = [str(store.path(str(s))) for s in tree.members]
         shas = [store.entries[str(s)]["sha256"] for s in tree.members]
-        for job, merged, prov, _ in _run_merge_tree(tree, files, shas, cfg, threads):
-            alone, prov_alone, _ = _run_merge_job(job, [files[tree.members.index(s)] for s in job.members],
+        for job, merged, prov, _ in run_tree(tree, files, shas, cfg, threads):
+            alone, prov_alone, _ = run_job(job, [files[tree.members.index(s)] for s in job.members],
                                                   [shas[tree.members.index(s)] for s in job.members], cfg, threads)
             assert prov == prov_alone
             assert all(torch.equal(merged[k], alone[k]) for k in merged), job.model_id

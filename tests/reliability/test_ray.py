@@ -116,7 +116,7 @@ def merge_killing_a_worker(root, env):
                               "hierarchical"], cwd=root, env={**os.environ, **env, "TQDM_DISABLE": "1"},
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
-    while not (pids := ray_task_pids("_run_merge_tree")):  # hierarchical: one tree task per seed and side
+    while not (pids := ray_task_pids("run_tree")):  # hierarchical: one tree task per seed and side
         assert stage.poll() is None, stage.communicate()[1]
         assert time.monotonic() < deadline, "no Ray worker ever ran a merge"
         time.sleep(0.02)

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from audit.cli import main
 from audit.config import load_params
-from audit.pipeline import merge_jobs
+from audit.ablation import merge_jobs
 from audit.resources import GIB, Shape, estimate, model_counts, parameter_count
 from tests.conftest import REPO
 from tests.reliability.project import make_project, run_here, run_stage
@@ -49,7 +49,8 @@ def test_the_paper_preset_on_this_machine_says_what_it_needs(tmp_path, monkeypat
 
 
 def test_train_stage_refuses_before_training_when_the_disk_is_too_small(tmp_path, monkeypatch):
-    from audit import pipeline, resources
+    from audit import resources
+    from audit.stages import train
 
     root = make_project(tmp_path / "p")
     run_here(root, "data", check=True)
@@ -57,7 +58,7 @@ def test_train_stage_refuses_before_training_when_the_disk_is_too_small(tmp_path
     monkeypatch.setattr(resources.shutil, "disk_usage", lambda p: usage(GIB, GIB, 10 * 2**20))
     params = load_params(root / "params.yaml")
     with pytest.raises(resources.ResourceError, match=r"not started: 14 models \(4 base, 0 regularized, 10 merged\).*needs 0\.\d MiB of disk.*only 10\.0 MiB free"):
-        pipeline.run_train(params, root)
+        train.run(params, root)
     assert not (root / "models").exists()
 
 
