@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .models import stack_params, stacked_forward
 
-Params = dict[str, Tensor]
+Weights = dict[str, Tensor]
 
 
 def clean_predictions(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> tuple[Tensor, float]:
@@ -33,7 +33,7 @@ def clean_predictions(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -
 
 
 @torch.no_grad()
-def clean_metrics(params_list: Sequence[Params], x: Tensor, y: Tensor, *, batch_size: int = 4096,
+def clean_metrics(params_list: Sequence[Weights], x: Tensor, y: Tensor, *, batch_size: int = 4096,
                   models_per_pass: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """(accuracy, mean cross-entropy) per model, arrays of len(params_list); on x's device.
 

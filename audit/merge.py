@@ -21,13 +21,13 @@ from torch import Tensor
 from . import methods
 from .ablation import MergeJob
 from .config import PAIRINGS, PERMUTE_SIDES  # allowed values live with the params
-from .rebasin import (PermutationSpec, Params, SimilarityTerms, apply_permutation, check_compatible, identity_perms,
+from .rebasin import (PermutationSpec, Weights, SimilarityTerms, apply_permutation, check_compatible, identity_perms,
                       interpolate, match_terms, weight_matching)
 
 
 @dataclass
 class MergeResult:
-    params: Params
+    params: Weights
     provenance: dict
 
 
@@ -42,7 +42,7 @@ def _names(params_list: Sequence[Mapping[str, Tensor]], names: Sequence[str] | N
     return names
 
 
-def _mean(params_list: Sequence[Mapping[str, Tensor]]) -> Params:
+def _mean(params_list: Sequence[Mapping[str, Tensor]]) -> Weights:
     first = params_list[0]
     return {k: torch.stack([p[k] for p in params_list]).mean(0) if v.is_floating_point() else v.clone()
             for k, v in first.items()}

@@ -50,7 +50,7 @@ from .attacks import deepfool, fgsm_direction, pgd, pgd_noise
 from .models import MLP, layer_names, stack_params, stacked_forward
 from .rebasin import PermutationSpec, apply_permutation, interpolate, mlp_permutation_spec, weight_matching
 
-Params = Mapping[str, Tensor]
+Weights = Mapping[str, Tensor]
 
 METRIC_COLUMNS = ["model", "metric", "eps", "value"]
 
@@ -83,7 +83,7 @@ class BarrierCurve:
         return pd.DataFrame({"lam": self.lams, "loss": self.loss, "accuracy": self.accuracy})
 
 
-def barrier_curve(a: Params, b: Params, x: Tensor, y: Tensor, *, n_points: int = 25,
+def barrier_curve(a: Weights, b: Weights, x: Tensor, y: Tensor, *, n_points: int = 25,
                   batch_size: int = 4096) -> BarrierCurve:
     """Loss and accuracy of ``(1 - lam) * a + lam * b`` at n_points evenly spaced lam in [0, 1]."""
     if n_points < 2:
@@ -93,7 +93,7 @@ def barrier_curve(a: Params, b: Params, x: Tensor, y: Tensor, *, n_points: int =
     return BarrierCurve(lams, loss, acc)
 
 
-def barriers(a: Params, b: Params, x: Tensor, y: Tensor, *, spec: PermutationSpec | None = None, seed: int = 0,
+def barriers(a: Weights, b: Weights, x: Tensor, y: Tensor, *, spec: PermutationSpec | None = None, seed: int = 0,
              n_points: int = 25, max_iter: int = 100) -> dict[str, BarrierCurve]:
     """{"naive": curve from a to b, "weight_matched": curve from a to b permuted onto a}."""
     spec = spec or mlp_permutation_spec(a)
@@ -107,7 +107,7 @@ def barriers(a: Params, b: Params, x: Tensor, y: Tensor, *, spec: PermutationSpe
 # ---------------------------------------------------------------- weight norm and Lipschitz bounds
 
 
-def weight_norm(params: Params) -> float:
+def weight_norm(params: Weights) -> float:
     """The paper's ``sum_l ||W_l||_F + ||b_l||_2`` over the linear layers.
 
     Falls under any merge by construction: permuting hidden units preserves every Frobenius and
@@ -138,7 +138,7 @@ def _top_eigenvalue_sqrt(gram: Tensor) -> float:
     return float(np.sqrt(max(top[0], 0.0)))
 
 
-def linear_layers(params: Params) -> tuple[list[tuple[Tensor, Tensor]], Tensor, Tensor]:
+def linear_layers(params: Weights) -> tuple[list[tuple[Tensor, Tensor]], Tensor, Tensor]:
     """An MLP state dict as ([(W, b) per linear layer], mean, std), float64."""
     layers = [(params[f"{n}.weight"].double(), params[f"{n}.bias"].double()) for n in layer_names(params)]
     return layers, params["norm.mean"].double(), params["norm.std"].double()
@@ -154,7 +154,7 @@ def global_lipschitz_bound(layers: Sequence[tuple[Tensor, Tensor]], scale: Tenso
     return bound
 
 
-def global_lipschitz(params: Params) -> float:
+def global_lipschitz(params: Weights) -> float:
     """`global_lipschitz_bound` of an MLP, its normalization ``diag(1/std)`` counted as a layer.
 
     Not guaranteed to fall under merging: each spectral norm is convex, but the bound is their
@@ -186,7 +186,7 @@ def power_iteration_norm(w: Tensor, steps: int = PAPER_POWER_STEPS, generator: t
     return float(torch.sqrt(torch.linalg.vector_norm(c2, dim=1))[0])
 
 
-def lipschitz_paper(params: Params, seed: int = 0) -> float:
+def lipschitz_paper(params: Weights, seed: int = 0) -> float:
     """The number Franke et al.'s Lipschitz figure reports for this MLP: the product of the
     per-layer spectral norms by 100-step power iteration (float32), with respect to normalized
     inputs (their network saw normalized data; the normalization is not counted).
@@ -239,7 +239,7 @@ def am_local_bound(layers: Sequence[tuple[Tensor, Tensor]], x: Tensor, radius: f
     return np.array([bound_at(h) for h in x.flatten(1).to(torch.float64)])
 
 
-def local_lipschitz_am(params: Params, x: Tensor, radius: float) -> np.ndarray:
+def local_lipschitz_am(params: Weights, x: Tensor, radius: float) -> np.ndarray:
     """`am_local_bound` of an MLP at pixel inputs x, the normalization folded into the first
     layer as in `local_lipschitz` (pixel-space ball)."""
     return am_local_bound(_pixel_layers(params), x, radius)
@@ -295,7 +295,7 @@ def local_lipschitz_bound(layers: Sequence[tuple[Tensor, Tensor]], x: Tensor, ra
         return np.array(list(pool.map(bound_at, x.flatten(1).to(torch.float64))))
 
 
-def local_lipschitz(params: Params, x: Tensor, radius: float) -> np.ndarray:
+def local_lipschitz(params: Weights, x: Tensor, radius: float) -> np.ndarray:
     """`local_lipschitz_bound` of an MLP at the pixel inputs x (L2 ball of ``radius`` pixels).
 
     The normalization is folded into the first layer, ``W1 ((x - mean) / std) + b1 = (W1 / std) x +
@@ -305,7 +305,7 @@ def local_lipschitz(params: Params, x: Tensor, radius: float) -> np.ndarray:
     return local_lipschitz_bound(_pixel_layers(params), x, radius)
 
 
-def _pixel_layers(params: Params) -> list[tuple[Tensor, Tensor]]:
+def _pixel_layers(params: Weights) -> list[tuple[Tensor, Tensor]]:
     """The MLP's linear layers with its input normalization folded into the first."""
     layers, mean, std = linear_layers(params)
     w1, b1 = layers[0]
@@ -320,45 +320,14 @@ def _correct(model: MLP, x: Tensor, y: Tensor, batch_size: int) -> Tensor:
     return clean_predictions(model, x, y, batch_size)[0]
 
 
-def fgsm_metrics(model: MLP, x: Tensor, y: Tensor, eps_grid: Iterable[float], *, correct: Tensor | None = None,
-                 batch_size: int = 4096) -> list[tuple[str, float, float]]:
-    """(metric, eps, value) rows: FGSM robust accuracy and success rate per eps.
-
-    FGSM's direction sign(grad_x CE) does not depend on eps, so it is computed once.
-    """
-    correct = _correct(model, x, y, batch_size) if correct is None else correct
-    direction = torch.cat([fgsm_direction(model, xb, yb) for xb, yb in zip(x.split(batch_size), y.split(batch_size))])
-    rows = []
-    for eps in eps_grid:
-        adv = (x + eps * direction).clamp(0.0, 1.0)
-        still = correct & _correct(model, adv, y, batch_size)
-        rows += _robust_rows("fgsm", eps, still, correct)
-    return rows
-
-
-def pgd_metrics(model: MLP, x: Tensor, y: Tensor, eps_grid: Iterable[float], *, steps: int = 10, seed: int = 0,
-                correct: Tensor | None = None, batch_size: int = 4096) -> list[tuple[str, float, float]]:
-    """(metric, eps, value) rows: PGD robust accuracy and success rate; only correct samples are attacked."""
-    correct = _correct(model, x, y, batch_size) if correct is None else correct
-    idx = correct.nonzero().squeeze(1)
-    noise = pgd_noise(x.shape, seed)  # one start per sample, whichever samples are attacked
-    rows = []
-    for eps in eps_grid:
-        still = torch.zeros_like(correct)
-        for chunk in idx.split(batch_size):
-            adv = pgd(model, x[chunk], y[chunk], eps, steps=steps, early_stop=True, noise=noise[chunk.cpu()])
-            still[chunk] = _correct(model, adv, y[chunk], batch_size)
-        rows += _robust_rows("pgd", eps, still, correct)
-    return rows
-
-
 class StackedMLP(nn.Module):
     """K MLPs of one architecture as one module over a model-major batch: rows j*n .. (j+1)*n - 1 of
     an input of K*n rows go to model j. The attacks, written for one model and independent samples,
     then attack K models in one pass per step (each row's gradient is its own model's), which is
-    what fills a GPU; on a CPU it is no faster than one model at a time."""
+    what fills a GPU; on a CPU it costs what one model at a time costs. It is the only attack
+    path: tests/test_metrics.py checks it against a plain per-model FGSM and PGD."""
 
-    def __init__(self, params_list: Sequence[Params]):
+    def __init__(self, params_list: Sequence[Weights]):
         super().__init__()
         self.stacked = {k: v.detach() for k, v in stack_params(params_list).items()}
         self.k = len(params_list)
@@ -368,11 +337,12 @@ class StackedMLP(nn.Module):
         return stacked_forward(self.stacked, h, per_model=True).flatten(0, 1)
 
 
-def stacked_attack_metrics(params_list: Sequence[Params], x: Tensor, y: Tensor, correct: Tensor, cfg: "EvalConfig"
+def stacked_attack_metrics(params_list: Sequence[Weights], x: Tensor, y: Tensor, correct: Tensor, cfg: "EvalConfig"
                            ) -> list[list[tuple[str, float, float]]]:
-    """FGSM and PGD rows for K models at once (see `StackedMLP`), the same quantities as
-    `fgsm_metrics` and `pgd_metrics`: FGSM's direction is per sample, PGD starts every sample from
-    the same seeded point and attacks all of them, counting only the correct ones."""
+    """FGSM and PGD rows for K models at once (see `StackedMLP`): robust accuracy and success rate
+    per eps. FGSM's direction sign(grad_x CE) does not depend on eps, so it is computed once per
+    sample; PGD starts every sample from the same seeded point, attacks all of them and counts
+    only the correct ones (early stop at the first misclassified iterate)."""
     model = StackedMLP(params_list)
     k, n = len(params_list), len(y)
     noise = pgd_noise(x.shape, cfg.seed)
@@ -432,52 +402,44 @@ def _robust_rows(attack: str, eps: float, still: Tensor, correct: Tensor) -> lis
 # ---------------------------------------------------------------- the one evaluation call
 
 
-def evaluate(models: Mapping[str, Params] | Sequence[Params], x: Tensor, y: Tensor, cfg: EvalConfig = EvalConfig(),
-             *, device: torch.device | str = "cpu", progress: bool = False,
-             stack_attacks: bool | None = None) -> pd.DataFrame:
+def evaluate(models: Mapping[str, Weights] | Sequence[Weights], x: Tensor, y: Tensor, cfg: EvalConfig = EvalConfig(),
+             *, device: torch.device | str = "cpu", progress: bool = False) -> pd.DataFrame:
     """Every metric of the module docstring for every model, as a tidy table.
 
     ``models``: {model id: state dict} (or a list; ids are then "0", "1", ...). Returns a DataFrame
-    with columns model, metric, eps (NaN where a metric has none), value. DeepFool and the bounds run
-    one model at a time; FGSM and PGD run for all models of one architecture at once with
-    ``stack_attacks`` (default: on CUDA, where one model does not fill the device).
+    with columns model, metric, eps (NaN where a metric has none), value. FGSM and PGD attack all
+    models of one architecture at once (`stacked_attack_metrics`); DeepFool and the bounds run one
+    model at a time.
     """
     if not isinstance(models, Mapping):
         models = {str(i): p for i, p in enumerate(models)}
     if not models:
         raise ValueError("no models to evaluate")
     device = torch.device(device)
-    stack_attacks = device.type == "cuda" if stack_attacks is None else stack_attacks
     x, y = x.to(device), y.to(device)
     ids = list(models)
     iterator = ids
     if progress:
         from tqdm.auto import tqdm
         iterator = tqdm(ids, desc="evaluate", unit="model")
-    loaded = {mid: {k: v.to(device) for k, v in models[mid].items()} for mid in ids} if stack_attacks else None
-    corrects, stacked_rows = {}, {}
-    if stack_attacks:
-        for group in _same_architecture(loaded):
-            for mid in group:
-                model = MLP.from_state_dict(loaded[mid]).to(device).eval()
-                corrects[mid] = clean_predictions(model, x, y, cfg.batch_size)
-            rows = stacked_attack_metrics([loaded[mid] for mid in group], x, y,
-                                          torch.stack([corrects[mid][0] for mid in group]), cfg)
-            stacked_rows.update(zip(group, rows))
+    loaded = {mid: {k: v.to(device) for k, v in models[mid].items()} for mid in ids}
+    corrects, attack_rows = {}, {}
+    for group in _same_architecture(loaded):
+        for mid in group:
+            model = MLP.from_state_dict(loaded[mid]).to(device).eval()
+            corrects[mid] = clean_predictions(model, x, y, cfg.batch_size)
+        rows = stacked_attack_metrics([loaded[mid] for mid in group], x, y,
+                                      torch.stack([corrects[mid][0] for mid in group]), cfg)
+        attack_rows.update(zip(group, rows))
     rows = []
     for mid in iterator:
-        params = loaded[mid] if loaded is not None else models[mid]
+        params = loaded[mid]
         model = MLP.from_state_dict(params).to(device).eval()
         for p in model.parameters():
             p.requires_grad_(False)  # attacks need input gradients only
-        correct, loss = corrects[mid] if mid in corrects else clean_predictions(model, x, y, cfg.batch_size)
+        correct, loss = corrects[mid]
         found = [("clean_accuracy", np.nan, float(correct.double().mean())), ("clean_loss", np.nan, loss)]
-        if mid in stacked_rows:
-            found += stacked_rows[mid]
-        else:
-            found += fgsm_metrics(model, x, y, cfg.fgsm_eps, correct=correct, batch_size=cfg.batch_size)
-            found += pgd_metrics(model, x, y, cfg.pgd_eps, steps=cfg.pgd_steps, seed=cfg.seed, correct=correct,
-                                 batch_size=cfg.batch_size)
+        found += attack_rows[mid]
         found += deepfool_metrics(model, x, y, cfg.deepfool_eps, n_classes=model.n_classes,
                                   overshoot=cfg.deepfool_overshoot, max_iter=cfg.deepfool_max_iter,
                                   correct=correct, batch_size=cfg.batch_size)
@@ -496,7 +458,7 @@ def evaluate(models: Mapping[str, Params] | Sequence[Params], x: Tensor, y: Tens
     return pd.DataFrame(rows, columns=METRIC_COLUMNS)
 
 
-def _same_architecture(models: Mapping[str, Params]) -> list[list[str]]:
+def _same_architecture(models: Mapping[str, Weights]) -> list[list[str]]:
     """Model ids grouped by architecture (tensor shapes), in first-seen order."""
     groups: dict[tuple, list[str]] = {}
     for mid, params in models.items():

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from .assignment import AssignmentState, solve_assignment
 from .models import architecture_of
 
-Params = dict[str, Tensor]
+Weights = dict[str, Tensor]  # a model's state dict (its weights; "params" names the experiment settings)
 
 # Minimum objective gain that counts as progress (same threshold as the reference code). The
 # objective is O(1e1..1e4) for trained MLPs, so float64 rounding (~1e-16 relative) stays far below.
@@ -90,9 +90,9 @@ def check_compatible(params_a: Mapping[str, Tensor], params_b: Mapping[str, Tens
                              f"{tuple(params_a[k].shape)} vs {tuple(params_b[k].shape)}")
 
 
-def apply_permutation(spec: PermutationSpec, perms: Mapping[str, Tensor], params: Mapping[str, Tensor]) -> Params:
+def apply_permutation(spec: PermutationSpec, perms: Mapping[str, Tensor], params: Mapping[str, Tensor]) -> Weights:
     """Return a new state dict with every listed axis permuted; unlisted tensors are shared, not copied."""
-    out: Params = {}
+    out: Weights = {}
     for name, w in params.items():
         for axis, p in enumerate(spec.axes_to_perm.get(name, ())):
             if p is not None:
@@ -101,7 +101,7 @@ def apply_permutation(spec: PermutationSpec, perms: Mapping[str, Tensor], params
     return out
 
 
-def interpolate(params_a: Mapping[str, Tensor], params_b: Mapping[str, Tensor], lam: float) -> Params:
+def interpolate(params_a: Mapping[str, Tensor], params_b: Mapping[str, Tensor], lam: float) -> Weights:
     """``(1 - lam) * A + lam * B`` for floating tensors; lam 0 and 1 return the endpoints exactly."""
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must be in [0, 1], got {lam}")

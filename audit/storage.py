@@ -82,14 +82,14 @@ def params_to_bytes(params: Mapping[str, Tensor], metadata: Mapping[str, str] | 
     return st_save({k: v.detach().cpu().contiguous() for k, v in params.items()}, metadata=dict(metadata or {}))
 
 
-def save_params(path: Path, params: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> str:
+def save_weights(path: Path, params: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> str:
     """Write a safetensors file atomically; return its sha256."""
     data = params_to_bytes(params, metadata)
     atomic_write_bytes(path, data)
     return sha256_bytes(data)
 
 
-def load_params(path: Path, sha256: str | None = None) -> dict[str, Tensor]:
+def load_weights(path: Path, sha256: str | None = None) -> dict[str, Tensor]:
     """Read a safetensors file, checking its sha256 first when one is given."""
     path = Path(path)
     try:
@@ -237,7 +237,7 @@ class ModelStore:
             self._write()
 
     def add(self, key: str, filename: str, params: Mapping[str, Tensor], info: Mapping) -> dict:
-        sha = save_params(self.dir / filename, params, {"key": key})
+        sha = save_weights(self.dir / filename, params, {"key": key})
         entry = {**info, "file": filename, "sha256": sha}
         self.entries[key] = entry
         self._write()
@@ -246,7 +246,7 @@ class ModelStore:
     def load(self, key: str) -> dict[str, Tensor]:
         if key not in self.entries:
             raise StorageError(f"{self.dir / MANIFEST}: no model {key!r}")
-        params = load_params(self.path(key), self.entries[key]["sha256"])
+        params = load_weights(self.path(key), self.entries[key]["sha256"])
         want = self.header.get("architecture")
         if want is not None:
             try:

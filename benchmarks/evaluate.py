@@ -52,8 +52,7 @@ def main():
     correct = M.clean_predictions(model, x, y, cfg.batch_size)[0]
     parts = {
         "clean": lambda: M.clean_predictions(model, x, y, cfg.batch_size),
-        "fgsm (6 eps)": lambda: M.fgsm_metrics(model, x, y, cfg.fgsm_eps, correct=correct),
-        "pgd (10 steps, 3 eps)": lambda: M.pgd_metrics(model, x, y, cfg.pgd_eps, correct=correct),
+        "fgsm (6 eps) + pgd (10 steps, 3 eps)": lambda: M.stacked_attack_metrics([models[0]], x, y, correct[None], cfg),
         "deepfool": lambda: M.deepfool_metrics(model, x, y, cfg.deepfool_eps, n_classes=10, correct=correct),
         "lipschitz global": lambda: M.global_lipschitz(models[0]),
         "lipschitz local (100 points)": lambda: M.local_lipschitz(models[0], x[:100], cfg.lipschitz_radius),

@@ -1,14 +1,17 @@
 import math
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch import Tensor
 
-from audit.attacks import pgd
-from audit.metrics import (EvalConfig, barrier_curve, barriers, clean_metrics, evaluate, fgsm_metrics,
+from audit import metrics as M
+from audit.attacks import fgsm_direction, pgd, pgd_noise
+from audit.metrics import (EvalConfig, barrier_curve, barriers, clean_metrics, evaluate,
                            global_lipschitz, global_lipschitz_bound, local_lipschitz, local_lipschitz_bound,
-                           pgd_metrics, weight_norm)
+                           weight_norm)
 from audit.models import MLP, stack_params, stacked_forward
 from audit.zoo import evaluate_params, init_params
 
@@ -84,15 +87,54 @@ def test_weight_matching_removes_most_of_the_naive_barrier(trained):
 
 # ------------------------------------------------------------------ attacks as metrics
 
+# The plain per-model FGSM and PGD metrics: the reference the one attack path (K stacked models,
+# `audit.metrics.stacked_attack_metrics`) is tested equal to.
+
+
+def _correct(model, x, y, batch_size):
+    return M.clean_predictions(model, x, y, batch_size)[0]
+
+
+def fgsm_reference(model: MLP, x: Tensor, y: Tensor, eps_grid: Iterable[float], *, correct: Tensor | None = None,
+                 batch_size: int = 4096) -> list[tuple[str, float, float]]:
+    """(metric, eps, value) rows: FGSM robust accuracy and success rate per eps.
+
+    FGSM's direction sign(grad_x CE) does not depend on eps, so it is computed once.
+    """
+    correct = _correct(model, x, y, batch_size) if correct is None else correct
+    direction = torch.cat([fgsm_direction(model, xb, yb) for xb, yb in zip(x.split(batch_size), y.split(batch_size))])
+    rows = []
+    for eps in eps_grid:
+        adv = (x + eps * direction).clamp(0.0, 1.0)
+        still = correct & _correct(model, adv, y, batch_size)
+        rows += M._robust_rows("fgsm", eps, still, correct)
+    return rows
+
+
+def pgd_reference(model: MLP, x: Tensor, y: Tensor, eps_grid: Iterable[float], *, steps: int = 10, seed: int = 0,
+                correct: Tensor | None = None, batch_size: int = 4096) -> list[tuple[str, float, float]]:
+    """(metric, eps, value) rows: PGD robust accuracy and success rate; only correct samples are attacked."""
+    correct = _correct(model, x, y, batch_size) if correct is None else correct
+    idx = correct.nonzero().squeeze(1)
+    noise = pgd_noise(x.shape, seed)  # one start per sample, whichever samples are attacked
+    rows = []
+    for eps in eps_grid:
+        still = torch.zeros_like(correct)
+        for chunk in idx.split(batch_size):
+            adv = pgd(model, x[chunk], y[chunk], eps, steps=steps, early_stop=True, noise=noise[chunk.cpu()])
+            still[chunk] = _correct(model, adv, y[chunk], batch_size)
+        rows += M._robust_rows("pgd", eps, still, correct)
+    return rows
+
 
 def test_fgsm_at_zero_is_clean_accuracy_and_pgd_is_stronger(trained):
     data, _, _, model = trained
     x, y = data.x_test[:400], data.y_test[:400]
     clean = float((model(x).argmax(1) == y).double().mean())
     eps_grid = (0.0, 0.02, 0.05, 0.1)
-    fg = {(m, e): v for m, e, v in fgsm_metrics(model, x, y, eps_grid)}
+    fg = {(m, e): v for m, e, v in fgsm_reference(model, x, y, eps_grid)}
     assert fg[("fgsm_robust_accuracy", 0.0)] == clean and fg[("fgsm_success_rate", 0.0)] == 0.0
-    pg = {(m, e): v for m, e, v in pgd_metrics(model, x, y, eps_grid[1:], steps=10, seed=0)}
+    pg = {(m, e): v for m, e, v in pgd_reference(model, x, y, eps_grid[1:], steps=10, seed=0)}
     for eps in eps_grid[1:]:
         assert pg[("pgd_robust_accuracy", eps)] <= fg[("fgsm_robust_accuracy", eps)]
         # robust accuracy = clean accuracy * (1 - success rate on the correct samples)
@@ -215,19 +257,26 @@ def test_eval_config_rejects_impossible_values():
 
 
 def test_stacked_attacks_equal_one_model_at_a_time(real_data):
-    """FGSM and PGD on K stacked models (the GPU path) give the per-model numbers, also when the
-    samples are split into several passes."""
+    """FGSM and PGD on K stacked models (the one attack path) give the plain per-model numbers,
+    also when the samples are split into several passes."""
     from audit.zoo import TrainConfig, train_batched
 
     models = {f"m{m.seed}": m.params for m in train_batched(real_data, (64, 32), TrainConfig(epochs=2), [0, 1, 2])}
     cfg = EvalConfig(fgsm_eps=(0.0, 0.02, 0.1), pgd_eps=(0.02, 0.05), pgd_steps=5, deepfool_eps=(0.5,),
                      lipschitz_points=1, batch_size=100)
     x, y = real_data.x_test[:250], real_data.y_test[:250]
-    one = evaluate(models, x, y, cfg, stack_attacks=False)
-    stacked = evaluate(models, x, y, cfg, stack_attacks=True)
-    pd.testing.assert_frame_equal(one, stacked)
+    stacked = evaluate(models, x, y, cfg)
+    one = []
+    for mid, params in models.items():
+        model = MLP.from_state_dict(params).eval().requires_grad_(False)
+        rows = fgsm_reference(model, x, y, cfg.fgsm_eps, batch_size=cfg.batch_size)
+        rows += pgd_reference(model, x, y, cfg.pgd_eps, steps=cfg.pgd_steps, seed=cfg.seed, batch_size=cfg.batch_size)
+        one += [(mid, *r) for r in rows]
+    one = pd.DataFrame(one, columns=["model", "metric", "eps", "value"])
+    attacks = stacked[stacked.metric.str.startswith(("fgsm_", "pgd_"))].reset_index(drop=True)
+    pd.testing.assert_frame_equal(one, attacks)
     attacked = one[one.metric.str.startswith(("fgsm_robust", "pgd_robust")) & (one.eps > 0)]
-    assert (attacked.value < one[one.metric == "clean_accuracy"].value.max()).all()  # the attacks did something
+    assert (attacked.value < stacked[stacked.metric == "clean_accuracy"].value.max()).all()  # the attacks did something
 
 
 # ---------------------------------------------------------------- the paper's Lipschitz quantity

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import audit.zoo as zoo
 from audit.data import from_arrays, load_dataset
-from audit.storage import ModelStore, StorageError, load_params, save_params, sha256_file
+from audit.storage import ModelStore, StorageError, load_weights, save_weights, sha256_file
 from audit.zoo import TrainConfig, _DataStream, init_params, train_batched, train_loop, train_zoo
 
 WIDTHS = (32, 16)
@@ -99,16 +99,16 @@ def test_config_validation():
 
 def test_storage_round_trip_and_corruption(tmp_path):
     p = init_params(20, (8,), 3, 0)
-    sha = save_params(tmp_path / "m.safetensors", p, {"seed": "0"})
+    sha = save_weights(tmp_path / "m.safetensors", p, {"seed": "0"})
     assert sha == sha256_file(tmp_path / "m.safetensors")
-    assert params_equal(load_params(tmp_path / "m.safetensors", sha), p)
+    assert params_equal(load_weights(tmp_path / "m.safetensors", sha), p)
     assert not list(tmp_path.glob("*.tmp"))  # the temporary file was renamed into place
     data = (tmp_path / "m.safetensors").read_bytes()
     (tmp_path / "m.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(StorageError, match="m.safetensors: not a readable safetensors file"):
-        load_params(tmp_path / "m.safetensors")
+        load_weights(tmp_path / "m.safetensors")
     with pytest.raises(StorageError, match="m.safetensors: sha256 does not match"):
-        load_params(tmp_path / "m.safetensors", sha)
+        load_weights(tmp_path / "m.safetensors", sha)
 
 
 def test_zoo_resume_trains_exactly_the_missing_model(tmp_path, digits, monkeypatch):

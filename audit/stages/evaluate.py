@@ -20,7 +20,7 @@ from ..metrics import barriers, evaluate
 from ..models import resolve_device
 from ..paths import (BARRIERS_CSV, CATALOG_CSV, EVAL_CACHE, EVALUATION_CSV, MERGED_DIR, METRICS_DIR, PLOTS_DIR,
                      REGULARIZED_DIR, pool_dir)
-from ..storage import ModelStore, atomic_write_json, digest, load_params, remove_temporaries
+from ..storage import ModelStore, atomic_write_json, digest, load_weights, remove_temporaries
 from .common import (PipelineError, checked_data, eval_split, executor_config, missing, open_store, source, stage_main,
                      tracker, write_csv)
 
@@ -104,7 +104,7 @@ def run(params: Params, root: Path) -> dict:
 def evaluate_chunk(items: list[tuple[str, str, str]], x, y, cfg, device: str, threads: int) -> pd.DataFrame:
     """Evaluate (model id, file, sha256) items: one executor task."""
     torch.set_num_threads(threads)
-    models = {mid: load_params(Path(f), sha) for mid, f, sha in items}
+    models = {mid: load_weights(Path(f), sha) for mid, f, sha in items}
     return evaluate(models, x, y, cfg, device=str(resolve_device(device)))
 
 

@@ -17,13 +17,13 @@ from ..merge import RUNNERS, hierarchical_tree
 from ..models import resolve_device
 from ..paths import MERGED_DIR, METRICS_DIR, pool_dir
 from ..rebasin import mlp_permutation_spec
-from ..storage import ModelStore, atomic_write_json, digest, load_params
+from ..storage import ModelStore, atomic_write_json, digest, load_weights
 from .common import PipelineError, executor_config, open_store, stage_main, tracker
 
 
 def _load(files: list[str], shas: list[str], device: str) -> list[dict]:
     dev = resolve_device(device)
-    return [{k: v.to(dev) for k, v in load_params(Path(f), sha).items()} for f, sha in zip(files, shas)]
+    return [{k: v.to(dev) for k, v in load_weights(Path(f), sha).items()} for f, sha in zip(files, shas)]
 
 
 def run_job(job: MergeJob, files: list[str], shas: list[str], merge: dict, threads: int):

@@ -28,9 +28,9 @@ def compute() -> dict:
     from audit.merge import hierarchical_tree, merge_many, naive_merge
     from audit.metrics import evaluate
     from audit.rebasin import mlp_permutation_spec, weight_matching
-    from audit.storage import load_params
+    from audit.storage import load_weights
 
-    base = [load_params(HERE / f"base-{s}.safetensors") for s in range(4)]
+    base = [load_weights(HERE / f"base-{s}.safetensors") for s in range(4)]
     spec = mlp_permutation_spec(base[0])
     match = weight_matching(spec, base[0], base[1], seed=0)
     merged = {"naive": naive_merge(base).params, "mergemany": merge_many(base, spec, seed=0).params}

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from audit.cli import main
 from audit.merge import hierarchical_merge
 from audit.rebasin import mlp_permutation_spec
-from audit.storage import ModelStore, StorageError, load_params, save_params
+from audit.storage import ModelStore, StorageError, load_weights, save_weights
 from audit.zoo import init_params
 from tests.reliability.project import make_project, run_here, run_pipeline, run_stage
 
@@ -47,7 +47,7 @@ def test_truncated_model_file_is_named(copy):
     line = one_line_error(run_stage(copy, "evaluate", check=False), str(path))
     assert "sha256 does not match" in line
     with pytest.raises(StorageError, match="not a readable safetensors file"):
-        load_params(path)  # without a recorded sha256, the format check still names it
+        load_weights(path)  # without a recorded sha256, the format check still names it
 
 
 def test_tampered_model_file_is_named(copy):
@@ -55,7 +55,7 @@ def test_tampered_model_file_is_named(copy):
     data = bytearray(path.read_bytes())
     data[-5] ^= 0xFF  # one weight byte: still a valid safetensors file, different numbers
     path.write_bytes(bytes(data))
-    assert load_params(path)  # readable...
+    assert load_weights(path)  # readable...
     line = one_line_error(run_here(copy, "evaluate"), str(path))
     assert "sha256 does not match the manifest" in line  # ...but not what the manifest vouches for
 
@@ -82,7 +82,7 @@ def test_model_of_another_architecture_in_a_zoo_is_named(copy):
     """A foreign model put in place with its manifest entry updated: the architecture check names it."""
     path = copy / POOL / "model-000001.safetensors"
     foreign = init_params(64, (16,), 10, seed=1)
-    sha = save_params(path, foreign)
+    sha = save_weights(path, foreign)
     manifest = json.loads((copy / POOL / "manifest.json").read_text())
     manifest["models"]["1"]["sha256"] = sha
     (copy / POOL / "manifest.json").write_text(json.dumps(manifest))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from audit.data import DataError, load_dataset
-from audit.storage import ModelStore, StorageError, load_params
+from audit.storage import ModelStore, StorageError, load_weights
 from tests.conftest import REPO
 
 
@@ -28,7 +28,7 @@ def test_a_malicious_pickle_posing_as_a_model_is_refused(tmp_path):
     evil = tmp_path / "model-000000.safetensors"
     evil.write_bytes(pickle.dumps({"hidden.0.weight": Payload(marker)}))
     with pytest.raises(StorageError, match=f"{evil}: not a readable safetensors file"):
-        load_params(evil)
+        load_weights(evil)
     assert not marker.exists()
 
 
@@ -37,7 +37,7 @@ def test_a_torch_checkpoint_is_not_a_model_file(tmp_path):
     path = tmp_path / "m.safetensors"
     torch.save({"w": torch.zeros(2), "x": Payload(marker)}, path)
     with pytest.raises(StorageError, match="not a readable safetensors file"):
-        load_params(path)
+        load_weights(path)
     assert not marker.exists()
 
 
