@@ -29,6 +29,7 @@ OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine")
 ENGINES = ("auto", "loop", "batched")
 DEVICES = ("auto", "cpu", "cuda")
+INPUT_NORMS = ("dataset", "none")
 # Hidden widths of the published architectures.
 PRESETS: dict[str, tuple[int, ...]] = {
     "paper": (512, 512, 512, 256),  # Franke et al. 2025 (from the PyTorch port they adapted)
@@ -142,6 +143,9 @@ class ZooParams:
     arch: str | tuple[int, ...] = "paper"  # a preset (paper: 512-512-512-256, rebasin: 512x3) or widths
     depth: int = 4  # D: each pool holds 2^D base models; the ablation merges groups of 2^d, d = 1..D
     pools: int = 1  # independent pools (zoo seeds); pool p holds model seeds p*2^D .. (p+1)*2^D - 1
+    # The models' fixed input normalization: dataset (the training split's per-channel mean and
+    # std, a layer inside every model) | none (the identity: the models see [0, 1] pixels).
+    input_norm: str = "dataset"
     device: str = "auto"  # auto | cpu | cuda
     engine: str = "auto"  # auto | loop | batched
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -158,6 +162,7 @@ class ZooParams:
             raise ValueError(f"depth: must be an integer in 1..12 (pools of 2^depth models), got {self.depth}")
         if self.pools < 1:
             raise ValueError(f"pools: must be >= 1, got {self.pools}")
+        _one_of("input_norm", self.input_norm, INPUT_NORMS)
         _one_of("device", self.device, DEVICES)
         _one_of("engine", self.engine, ENGINES)
         for name in self.regularized:

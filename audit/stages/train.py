@@ -28,11 +28,21 @@ def guard_resources(params: Params, root: Path, data: Dataset) -> None:
     check_fits(params, root, est)
 
 
+def with_input_norm(data: Dataset, input_norm: str) -> Dataset:
+    """The data set as the models see it: its own statistics (``dataset``), or mean 0 and std 1
+    (``none``), which makes the models' normalization layer the identity. Only the statistics the
+    models carry change; the images, the split and the seeds are the same."""
+    if input_norm == "dataset":
+        return data
+    return replace(data, mean=tuple(0.0 for _ in data.mean), std=tuple(1.0 for _ in data.std))
+
+
 def run(params: Params, root: Path) -> dict:
     """Train the zoo: models/zoo/pool-<p>/ and models/regularized/<name>/."""
     data = checked_data(params, root)
     guard_resources(params, root, data)
     z = params.zoo
+    data = with_input_norm(data, z.input_norm)
     widths = resolve_widths(z.arch)
     jobs = [(f"base/p{p}", pool_dir(root, p), z.train, z.pool_seeds(p), {"kind": "base", "pool": p})
             for p in range(z.pools)]

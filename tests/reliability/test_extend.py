@@ -74,3 +74,25 @@ def test_a_new_pool_trains_and_merges_only_its_models(tmp_path):
         assert s["reused"] == s["jobs"] // 2, (m, s)
     after = merged_files(root)
     assert all(after[k] == v for k, v in merged_before.items())
+
+
+def test_input_norm_none_makes_the_normalization_the_identity_and_changes_nothing_else(tmp_path):
+    import torch
+
+    from audit.storage import load_weights
+
+    headers, models = {}, {}
+    for norm in ("dataset", "none"):
+        root = make_project(tmp_path / norm, {"zoo": {"input_norm": norm}})
+        run_pipeline(root, until="train", here=True)
+        m = json.loads((root / "models/zoo/pool-0/manifest.json").read_text())
+        headers[norm] = m["zoo"]
+        models[norm] = load_weights(root / "models/zoo/pool-0" / m["models"]["0"]["file"])
+    buffers = [k for k in models["none"] if k.startswith("norm.")]
+    assert buffers
+    for k in buffers:  # the identity: mean 0, std 1 ...
+        assert torch.all(models["none"][k] == (1.0 if k.endswith("std") else 0.0)), k
+        assert not torch.all(models["dataset"][k] == models["none"][k]), k  # ... where the default has the data's
+    a, b = headers["dataset"], headers["none"]
+    assert {k for k in a if a[k] != b[k]} == {"dataset"}
+    assert {k for k in a["dataset"] if a["dataset"][k] != b["dataset"][k]} == {"mean", "std"}
