@@ -34,6 +34,7 @@ INPUT_NORMS = ("dataset", "none")
 PRESETS: dict[str, tuple[int, ...]] = {
     "paper": (512, 512, 512, 256),  # Franke et al. 2025 (from the PyTorch port they adapted)
     "rebasin": (512, 512, 512),  # Ainsworth et al. 2023, MNIST/CIFAR-10 MLP
+    "paper-half": (256, 256, 256, 128),  # the paper's MLP at half width: the laptop-scale default
 }
 
 
@@ -140,9 +141,9 @@ class RegularizedParams:
 
 @dataclass(frozen=True)
 class ZooParams:
-    arch: str | tuple[int, ...] = "paper"  # a preset (paper: 512-512-512-256, rebasin: 512x3) or widths
+    arch: str | tuple[int, ...] = "paper-half"  # a preset (paper: 512-512-512-256, rebasin: 512x3) or widths
     depth: int = 4  # D: each pool holds 2^D base models; the ablation merges groups of 2^d, d = 1..D
-    pools: int = 1  # independent pools (zoo seeds); pool p holds model seeds p*2^D .. (p+1)*2^D - 1
+    pools: int = 4  # independent pools (zoo seeds); pool p holds model seeds p*2^D .. (p+1)*2^D - 1
     # The models' fixed input normalization: dataset (the training split's per-channel mean and
     # std, a layer inside every model) | none (the identity: the models see [0, 1] pixels).
     input_norm: str = "dataset"
@@ -190,7 +191,7 @@ class MergeParams:
     pairing: str = "adjacent"
     lam: float = 0.5  # interpolation weight of the second model of a pair
     max_iter: int = 100  # weight-matching sweeps, at most
-    mergemany_max_iter: int = 3  # MergeMany iterations (passes over all models), at most
+    mergemany_max_iter: int = 200  # MergeMany iterations (passes over all models), at most
     workers: int = 0  # merge processes; 0: one per CPU core
 
     def check(self):

@@ -9,7 +9,9 @@ REPO_PARAMS = "params.yaml"
 def test_the_shipped_params_file_is_valid_and_explicit(tmp_path):
     from tests.conftest import REPO
     params = load_params(REPO / REPO_PARAMS)
-    assert params.data.name == "digits" and params.zoo.arch == "paper" and params.zoo.depth >= 4
+    # The decisive default: the paper's depth, several pools (trends over pools), MergeMany uncapped.
+    assert params.data.name == "digits" and params.zoo.arch == "paper-half" and params.zoo.depth >= 4
+    assert params.zoo.pools >= 4 and params.merge.mergemany_max_iter >= 100
     assert set(params.merge.methods) == {"hierarchical", "mergemany", "naive"} and len(params.merge.seeds) > 1
     assert {"l1", "l2"} <= set(params.zoo.regularized)
     # Every knob is written out: the file round-trips to exactly the loaded values.
