@@ -78,3 +78,43 @@ def test_plots_name_every_registered_method():
         (path, spec), = plot.items()
         if "by_depth" in path:
             assert spec["y"] == ["base", *METHODS], path
+
+
+def test_no_import_cycle_among_the_package_modules():
+    """Module-level imports form no cycle (imports inside functions are deliberate late binding
+    and run after every module is loaded)."""
+    import ast
+
+    from audit.imports import _module_name, module_file
+
+    files = sorted((ROOT / "audit").rglob("*.py"))
+    graph: dict[str, set[str]] = {}
+    for path in files:
+        name = _module_name(path)
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        deps = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")
+                    base = ".".join(parts[:len(parts) - node.level + 1]) + (f".{node.module}" if node.module else "")
+                for mod in [base] + [f"{base}.{a.name}" for a in node.names]:
+                    if module_file(mod) is not None and mod != name:
+                        deps.add(mod)
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if module_file(a.name) is not None}
+        graph[name] = {d for d in deps if d not in ("audit",)}
+    state: dict[str, int] = {}
+
+    def visit(node, path):
+        state[node] = 1
+        for nxt in graph.get(node, ()):
+            assert state.get(nxt) != 1, f"import cycle: {' -> '.join([*path, nxt])}"
+            if nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for node in graph:
+        if node not in state:
+            visit(node, [node])
