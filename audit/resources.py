@@ -12,6 +12,7 @@ cannot hold the models or the time exceeds ``resources.max_hours``.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -128,7 +129,14 @@ def calibrate(shape: Shape, widths, batch_size: int, device: torch.device) -> di
     b = MLP(shape.in_features, resolve_widths(widths), shape.n_classes).state_dict()
     spec = mlp_permutation_spec(a)
     weight_matching(spec, a, b, seed=0, max_iter=1)  # compiles the assignment solver (numba cache)
-    match = _timed(lambda: weight_matching(spec, a, b, seed=0), repeats=1)
+    # As one merge worker runs it: one thread (the stage runs one process per core, see
+    # `estimate`); the best of 3, as a single timing on a shared machine varies ~2x.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        match = _timed(lambda: weight_matching(spec, a, b, seed=0), repeats=3)
+    finally:
+        torch.set_num_threads(threads)
     return {"step": _timed(step), "match_pair": match, "gradient_1000": _timed(gradient)}
 
 
@@ -166,7 +174,9 @@ def estimate(params: Params, shape: Shape, device: torch.device | None = None) -
         elif cost == "passes":
             pairs += sum(len(job.members) * (MERGEMANY_FIRST_PASS + MERGEMANY_LATER_PASS * (passes - 1))
                          for job in jobs)
-    merge = pairs * c["match_pair"]
+    # The merge stage runs merge.workers processes (0: one per core), one thread each.
+    workers = m.workers or os.cpu_count() or 1
+    merge = pairs * c["match_pair"] / (workers if device.type == "cpu" else 1)
     # Gradients per input: FGSM 1 per eps, PGD steps per eps, DeepFool ~10 iterations x classes.
     grads = len(e.fgsm_eps) + e.pgd_steps * len(e.pgd_eps) + 10 * shape.n_classes
     evaluate = n_models * grads * c["gradient_1000"] * shape.n_eval / 1000

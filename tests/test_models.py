@@ -7,7 +7,8 @@ from audit.models import MLP, PRESETS, architecture_of
 def test_presets_are_the_published_architectures():
     assert MLP(3072, "paper", 10).widths == (512, 512, 512, 256)
     assert MLP(784, "rebasin", 10).widths == (512, 512, 512)
-    assert set(PRESETS) == {"paper", "rebasin"}
+    assert MLP(64, "paper-half", 10).widths == (256, 256, 256, 128)  # the default run's: half the paper's
+    assert set(PRESETS) == {"paper", "rebasin", "paper-half"}
 
 
 def test_normalization_is_fixed_and_applied_per_channel():
