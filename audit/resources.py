@@ -189,8 +189,10 @@ def shape_of(params: Params, root: Path) -> Shape:
 
     record = root / "results" / "data.json"
     n_eval = params.data.eval_samples
-    if record.exists():
-        d = json.loads(record.read_text())
+    d = json.loads(record.read_text()) if record.exists() else None
+    # The record describes the last run's data set: used only when it is the one these params name
+    # (an IDX directory is not named in it, so IDX data are loaded).
+    if d is not None and d.get("name") == params.data.name != "idx":
         return Shape(math.prod(d["image_shape"]), d["n_classes"], d["n_train"], d.get("eval_samples", d["n_test"]))
     if params.data.name in KNOWN_SHAPES:
         f, k, n, t = KNOWN_SHAPES[params.data.name]

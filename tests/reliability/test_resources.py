@@ -71,3 +71,16 @@ def test_train_stage_refuses_an_experiment_over_the_time_limit(tmp_path):
     assert lines[0].startswith("estimate: ")
     assert lines[-1].startswith("error: not started: ") and "over resources.max_hours 1e-06" in lines[-1]
     assert not (root / "models").exists()
+
+
+def test_the_shape_comes_from_the_record_only_for_the_data_set_the_params_name(tmp_path):
+    import json
+
+    from audit.config import params_from_dict
+    from audit.resources import shape_of
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results/data.json").write_text(json.dumps(
+        {"name": "digits", "image_shape": [1, 8, 8], "n_classes": 10, "n_train": 1437, "n_test": 360}))
+    assert shape_of(params_from_dict({"data": {"name": "digits"}}), tmp_path).in_features == 64
+    assert shape_of(params_from_dict({"data": {"name": "cifar10"}}), tmp_path).in_features == 3072
