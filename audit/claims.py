@@ -517,27 +517,30 @@ def _evaluate(claims: list[Claim], results: Results, alpha: float, margin: float
     half = sps.t.ppf(1 - alpha / m / 2, out.df) * out.se
     out["t_ci_low"], out["t_ci_high"] = centre - half, centre + half
     out["verdict"] = [_verdict(r, alpha) for r in out.itertuples()]
-    out["n_to_decide"] = [_units_to_decide(r) for r in out.itertuples()]
+    out["n_to_decide"] = [_units_to_decide(r, alpha) for r in out.itertuples()]
     return out
 
 
-def _units_to_decide(r) -> float:
+def _units_to_decide(r, alpha: float) -> float:
     """For an inconclusive directional test: how many units (what its n counts: groups, pools)
-    would detect the observed effect with 80% power at this test's Holm level, the spread per unit
-    unchanged. NaN where that does not apply: a decided test, an equivalence-type claim, an effect
-    of the wrong sign or none (more units would not make it supported)."""
+    would detect the observed effect, taken as true, with 80% power at this test's Holm level,
+    the spread per unit unchanged. A lower bound: Holm's step-down can hold the test to a stricter
+    level. NaN where it does not apply: a decided test, an equivalence-type claim, an effect of the
+    wrong sign or none, or one that this n already detects (held back by the step-down only)."""
     if r.verdict != "inconclusive" or r.expect not in ("greater", "less") or r.test == "crossing":
         return float("nan")
-    n, mde, level = float(r.n), float(r.mde), float(r.alpha_holm)
+    n, mde_raw, level = float(r.n), float(r.mde_raw), float(r.alpha_holm)
     ref = 0.0 if r.reference is None or (isinstance(r.reference, float) and math.isnan(r.reference)) else r.reference
     delta = float(r.effect) - ref
-    if not (np.isfinite([n, mde, level, delta]).all() and n >= 2 and mde > 0) or delta == 0:
+    if not (np.isfinite([n, mde_raw, level, delta]).all() and n >= 2 and mde_raw > 0) or delta == 0:
         return float("nan")
     if (r.expect == "greater") != (delta > 0):
         return float("nan")
-    # mde = d(n, level) * sd: the effect is detectable at n' where d(n', level) <= |delta| / sd.
-    target = abs(delta) / mde * stats.detectable_d(int(n), level)
-    lo, hi = int(n), int(n)
+    # mde at raw alpha = d(n, alpha) * sd (finite where the Holm level's may not be, at n = 2 or 3).
+    target = abs(delta) / (mde_raw / stats.detectable_d(int(n), alpha))
+    lo = hi = int(n)
+    if stats.detectable_d(hi, level) <= target:
+        return float("nan")
     while stats.detectable_d(hi, level) > target:
         lo, hi = hi, hi * 2
         if hi > 10**6:
@@ -653,11 +656,11 @@ def _caveat(first, g: pd.DataFrame) -> str:
         else:
             notes.append(f"MergeMany converged in all {total} models")
     if "n_to_decide" in g:
-        need = g[np.isfinite(g.n_to_decide.astype(float)) & (g.verdict == "inconclusive")]
+        need = g[~np.isnan(g.n_to_decide.astype(float)) & (g.verdict == "inconclusive")]
         if len(need):
-            parts = [f"{u}: ~{int(k)} (now {int(n)})" if np.isfinite(k) else f"{u}: over 10^6 (now {int(n)})"
+            parts = [f"{u}: at least ~{int(k)} (now {int(n)})" if np.isfinite(k) else f"{u}: over 10^6 (now {int(n)})"
                      for u, k, n in zip(need.unit, need.n_to_decide, need.n)]
-            notes.append("at the observed effect, units (groups or pools, as n counts them) that would decide it: "
+            notes.append("units (groups or pools, as n counts them) for 80% power at the observed effect: "
                          + "; ".join(parts))
     return "; ".join(notes)
 

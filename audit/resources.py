@@ -125,8 +125,9 @@ def calibrate(shape: Shape, widths, batch_size: int, device: torch.device) -> di
         torch.nn.functional.cross_entropy(model(xe), ye).backward()
 
     a = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.manual_seed(1)
-    b = MLP(shape.in_features, resolve_widths(widths), shape.n_classes).state_dict()
+    with torch.random.fork_rng(devices=[]):  # a second, independent model; the caller's RNG untouched
+        torch.manual_seed(1)
+        b = MLP(shape.in_features, resolve_widths(widths), shape.n_classes).state_dict()
     spec = mlp_permutation_spec(a)
     weight_matching(spec, a, b, seed=0, max_iter=1)  # compiles the assignment solver (numba cache)
     # As one merge worker runs it: one thread (the stage runs one process per core, see
@@ -143,10 +144,16 @@ def calibrate(shape: Shape, widths, batch_size: int, device: torch.device) -> di
 # MergeMany's cost in pair matchings, measured on trained 784-512-512-512-10 MNIST models
 # (benchmarks/rebasin.py): the first pass aligns every model to an unaligned mean (~1.5 pair
 # matchings per model); later passes start from kept solver states and similarity terms (~0.1 per
-# model); 4 and 8 models converged after 32 and 37 passes.
+# model); 4, 8 and 16 models converged after 32, 37 and up to 73 passes (pairs: 2-3).
 MERGEMANY_FIRST_PASS = 1.5
 MERGEMANY_LATER_PASS = 0.1
-MERGEMANY_PASSES = 40
+MERGEMANY_PASSES = {2: 3, 4: 32, 8: 40, 16: 73}  # typical passes to convergence by group size
+
+
+def mergemany_passes(k: int, cap: int) -> int:
+    """Passes MergeMany of k models typically takes (the next measured size up), at most ``cap``."""
+    sizes = sorted(MERGEMANY_PASSES)
+    return min(cap, MERGEMANY_PASSES[next((s for s in sizes if s >= k), sizes[-1])])
 
 
 def estimate(params: Params, shape: Shape, device: torch.device | None = None) -> Estimate:
@@ -162,7 +169,6 @@ def estimate(params: Params, shape: Shape, device: torch.device | None = None) -
     # Weight matching, in pair matchings per method (`audit.methods` cost): a tree of pair merges
     # (one per pool, seed and side with adjacent pairing, sharing its lower stages; k - 1 per group
     # otherwise) or MergeMany's passes (see above).
-    passes = min(m.mergemany_max_iter, MERGEMANY_PASSES)
     pairs = 0.0
     for method in m.methods:
         cost = methods.get(method).cost
@@ -172,7 +178,8 @@ def estimate(params: Params, shape: Shape, device: torch.device | None = None) -
         elif cost == "tree":
             pairs += sum(len(job.members) - 1 for job in jobs)
         elif cost == "passes":
-            pairs += sum(len(job.members) * (MERGEMANY_FIRST_PASS + MERGEMANY_LATER_PASS * (passes - 1))
+            pairs += sum(len(job.members) * (MERGEMANY_FIRST_PASS + MERGEMANY_LATER_PASS
+                                             * (mergemany_passes(len(job.members), m.mergemany_max_iter) - 1))
                          for job in jobs)
     # The merge stage runs merge.workers processes (0: one per core), one thread each.
     workers = m.workers or os.cpu_count() or 1
@@ -193,7 +200,7 @@ def shape_of(params: Params, root: Path) -> Shape:
     # The record describes the last run's data set: used only when it is the one these params name
     # (an IDX directory is not named in it, so IDX data are loaded).
     if d is not None and d.get("name") == params.data.name != "idx":
-        return Shape(math.prod(d["image_shape"]), d["n_classes"], d["n_train"], d.get("eval_samples", d["n_test"]))
+        return Shape(math.prod(d["image_shape"]), d["n_classes"], d["n_train"], min(d["n_test"], n_eval or d["n_test"]))
     if params.data.name in KNOWN_SHAPES:
         f, k, n, t = KNOWN_SHAPES[params.data.name]
         return Shape(f, k, n, min(t, n_eval or t))

@@ -230,8 +230,8 @@ class ModelStore:
         keys = set(keys)
         gone = [k for k in self.entries if k not in keys]
         if gone:
-            print(f"note: {self.dir}: {len(gone)} models are no longer part of the experiment; deleting them",
-                  file=sys.stderr)
+            print(f"note: {self.dir}: deleting {len(gone)} models that the experiment as configured now does not "
+                  "have (other jobs, settings, inputs or code)", file=sys.stderr)
             for k in gone:
                 (self.dir / self.entries.pop(k)["file"]).unlink(missing_ok=True)
             self._write()

@@ -399,15 +399,19 @@ def test_units_to_decide_detect_the_observed_effect_with_the_stated_power():
     from audit import stats
     from audit.claims import _units_to_decide
 
-    level, n, sd, delta = 0.01, 5, 1.0, 0.5
-    mde = stats.detectable_d(n, level) * sd
-    row = SimpleNamespace(verdict="inconclusive", expect="greater", test="paired", n=n, mde=mde, alpha_holm=level,
-                          effect=delta, reference=None)
-    need = int(_units_to_decide(row))
+    alpha, level, n, sd, delta = 0.05, 0.01, 5, 1.0, 0.5
+    row = SimpleNamespace(verdict="inconclusive", expect="greater", test="paired", n=n, alpha_holm=level,
+                          mde_raw=stats.detectable_d(n, alpha) * sd, effect=delta, reference=None)
+    need = int(_units_to_decide(row, alpha))
     assert stats.detectable_d(need, level) <= delta / sd < stats.detectable_d(need - 1, level)
     rng = np.random.default_rng(0)
     sims = rng.normal(delta, sd, size=(4000, need))
     p = sps.ttest_1samp(sims, 0.0, axis=1).pvalue
     assert 0.77 <= (p < level).mean() <= 0.83
-    assert np.isnan(_units_to_decide(SimpleNamespace(**{**vars(row), "effect": -delta})))
-    assert np.isnan(_units_to_decide(SimpleNamespace(**{**vars(row), "verdict": "supported"})))
+    assert np.isnan(_units_to_decide(SimpleNamespace(**{**vars(row), "effect": -delta}), alpha))
+    assert np.isnan(_units_to_decide(SimpleNamespace(**{**vars(row), "verdict": "supported"}), alpha))
+    # three units at a strict Holm level (no effect below d = 1e4 detectable there): still a count
+    tiny = SimpleNamespace(**{**vars(row), "n": 3, "alpha_holm": 1e-6, "mde_raw": stats.detectable_d(3, alpha)})
+    assert np.isfinite(_units_to_decide(tiny, alpha)) and _units_to_decide(tiny, alpha) > 3
+    # an effect this n already detects, held back by the step-down only: no count is stated
+    assert np.isnan(_units_to_decide(SimpleNamespace(**{**vars(row), "effect": 10.0}), alpha))

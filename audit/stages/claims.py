@@ -69,7 +69,7 @@ def run(params: Params, root: Path) -> dict:
     by_id = {c.id: c for c in claims}
     atomic_write_json(root / VERDICTS_JSON, [
         {**v, "source": by_id[v["id"]].source, "quote": by_id[v["id"]].quote, "control": by_id[v["id"]].control,
-         "tests": rows[rows.id == v["id"]].replace({np.nan: None}).to_dict("records")}
+         "tests": rows[rows.id == v["id"]].replace({np.nan: None, np.inf: None, -np.inf: None}).to_dict("records")}
         for v in verdicts.to_dict("records")])
     if "mergemany" in params.merge.methods and len(params.merge.methods) > 1:
         measured = [(m, e) for m, e in COMPARE_METRICS if _measured(results, m, e)]

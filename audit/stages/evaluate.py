@@ -113,14 +113,14 @@ def _evaluate_all(params: Params, root: Path, data: Dataset, files: dict, x, y, 
 
     Each model's rows are written to ``results/eval-cache/`` as its chunk finishes, keyed by the
     model's sha256, the eval params, the data, the device and the evaluation code (every project
-    module `audit.metrics` imports, `audit.imports.code_digest`); a rerun after an interruption
+    module this stage runs that computes, `audit.imports.code_digest`) and the chunk size; a rerun after an interruption
     evaluates only the chunks with a model missing there. Chunks are fixed by position in the
     catalog, so a model is always evaluated beside the same others (identical floats).
     """
     cache = root / EVAL_CACHE
     remove_temporaries(cache)
     common_key = {"eval": to_dict(params.eval.metrics), "data": data.fingerprint, "n": len(y), "device": device,
-                  "code": code_digest("audit.metrics")}
+                  "code": code_digest(__name__), "chunk": _CHUNK["cuda" if device == "cuda" else "cpu"]}
     items = [(mid, str(store.path(key)), store.entries[key]["sha256"]) for mid, (store, key) in files.items()]
     cached = {mid: cache / f"{digest({**common_key, 'model': sha})[:32]}.csv" for mid, _, sha in items}
     found: dict[str, pd.DataFrame] = {}

@@ -69,16 +69,20 @@ def run(params: Params, root: Path, method: str) -> dict:
     # a seed, a pool or a depth computes only the new models; a changed setting, member or code
     # recomputes only the models that depend on it; an interrupted run resumes.
     out = ModelStore(root / MERGED_DIR / method, {"method": method}, reset=True)
-    out.retain(j.key for j in jobs)
-    code = code_digest("audit.merge")
+    code = code_digest(__name__)  # this module's runners and what they call (audit.merge, rebasin ...)
     settings = {k: getattr(params.merge, k) for k in entry.settings}
 
     def recipe(job: MergeJob) -> str:
-        shas = [stores[job.pool].entries[str(s)]["sha256"] for s in job.members]
+        pool = stores[job.pool]
+        if lost := [s for s in job.members if str(s) not in pool.entries]:
+            raise PipelineError(f"{pool.dir}: no base model of seed {lost[0]}, which {job.model_id} merges; "
+                                "rerun the train stage (dvc repro)")
+        shas = [pool.entries[str(s)]["sha256"] for s in job.members]
         return digest({"job": job.info(), "members": shas, "settings": settings, "code": code})
 
     recipes = {j.key: recipe(j) for j in jobs}
     done = out.finished(recipes)
+    out.retain(done)  # models of another recipe go now: a failed or interrupted run never mixes them in
     todo = [j for j in jobs if j.key not in done]
     # Biggest groups first so the workers finish together.
     todo.sort(key=lambda j: -len(j.members))
