@@ -85,7 +85,8 @@ def _emit(frame, fmt: str) -> None:
 
 
 def _results(params_path: str):
-    from .stages.claims import PipelineError, load_results
+    from .stages.claims import load_results
+    from .stages.common import PipelineError
 
     params = _load(params_path)
     try:

@@ -16,8 +16,6 @@ from ..paths import CLAIMS_CSV, CLAIMS_YAML, COMPARE_CSV, EVALUATION_CSV, METRIC
 from ..storage import atomic_write_json
 from .common import PipelineError, stage_main, tracker, write_csv
 
-__all__ = ["PipelineError", "load_results", "run", "main"]
-
 # What the audit stage compares against MergeMany in results/compare.csv.
 COMPARE_METRICS = [("clean_accuracy", None), ("fgsm_robust_accuracy", 0.01), ("fgsm_robust_accuracy", 0.05),
                    ("deepfool_median_norm", None), ("weight_norm", None), ("lipschitz_global", None)]

@@ -124,10 +124,9 @@ def run(params: Params, root: Path, method: str) -> dict:
             trees = tree_jobs(params, todo)
             trees.sort(key=lambda tr: -tr.depth)
 
-            def record_tree(task: Task, result):
+            def record_tree(task: Task, result):  # a tree returns only its unfinished nodes
                 for job, merged, prov, seconds in result:
-                    if job.key not in done:  # a rerun's tree recomputes nodes that were finished already
-                        record(Task(task.name, (job,)), (merged, prov, seconds))
+                    record(Task(task.name, (job,)), (merged, prov, seconds))
 
             tasks = [Task(f"merge {tr.name}", (tr, *inputs(tr))) for tr in trees]
             run_tasks(run_tree, tasks, record_tree, config=ex, common=(merge_cfg, ex.cpus),
