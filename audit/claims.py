@@ -622,6 +622,15 @@ def claim_verdicts(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def verdict_records(claims: list[Claim], rows: pd.DataFrame) -> list[dict]:
+    """results/claims.json: per claim its verdict, caveat, source and quote, and every tested unit
+    (non-finite numbers as null)."""
+    by_id = {c.id: c for c in claims}
+    return [{**v, "source": by_id[v["id"]].source, "quote": by_id[v["id"]].quote, "control": by_id[v["id"]].control,
+             "tests": rows[rows.id == v["id"]].replace({np.nan: None, np.inf: None, -np.inf: None}).to_dict("records")}
+            for v in claim_verdicts(rows).to_dict("records")]
+
+
 def _combined(verdicts) -> str:
     """A claim's verdict from its units' verdicts."""
     found = set(verdicts)

@@ -191,3 +191,56 @@ def plan_cmd(params_path: str) -> None:
     if problems := shortfalls(params, root, est):
         raise click.ClickException("does not fit: " + "; ".join(problems))
     click.echo("fits: the train stage will start")
+
+
+@main.command("sensitivity")
+@click.option("--params", "params_path", default="params.yaml", show_default=True,
+              help="params file whose sensitivity section declares the grid (the project root is its directory)")
+@click.option("--collect-only", is_flag=True, help="queue and run nothing: collect the experiments that exist")
+@click.option("--jobs", type=click.IntRange(1), default=None, help="experiments at once (default: sensitivity.jobs)")
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+def sensitivity_cmd(params_path: str, collect_only: bool, jobs: int | None, fmt: str) -> None:
+    """The confound map: run each setting of the sensitivity section as a DVC experiment (dvc exp run
+    --queue; dvc queue start), then print claim x setting verdicts with effects and CIs, label each
+    claim stable or setting-dependent, and write results/sensitivity.{csv,json} and
+    reports/sensitivity/. Resumes: finished experiments with the same params and code are kept."""
+    import json
+
+    from .config import UserError
+    from .confound import run
+    from .experiments import head, read
+    from .sensitivity import collect, wide
+    from .sensitivity_report import write
+
+    params = _load(params_path)
+    root = Path(params_path).resolve().parent
+
+    def say(msg: str) -> None:
+        click.echo(msg, err=True)
+
+    try:
+        plan, revs = run(params, root, jobs=jobs or params.sensitivity.jobs, execute=not collect_only, echo=say)
+
+        def claims_of(setting):
+            rev = revs.get(setting.name)
+            text = read(root, rev, "results/claims.json") if rev else None
+            return json.loads(text) if text else None
+
+        frame, missing = collect(plan.settings, claims_of)
+        if frame.empty:
+            raise click.ClickException("sensitivity: no experiment has results yet"
+                                       + (" (run without --collect-only)" if collect_only else " (see above)"))
+        meta = {"baseline": head(root), "scale": dict(params.sensitivity.scale), "skipped": plan.skipped,
+                "missing": missing, "experiments": {s.label: s.name for s in plan.settings},
+                "commits": {s.label: revs.get(s.name) for s in plan.settings}}
+        page = write(root, frame, meta)
+    except UserError as e:
+        raise click.ClickException(str(e)) from None
+    if fmt == "table":
+        _emit(wide(frame), "table")
+        labels = frame.groupby("claim", sort=False).label.first().value_counts()
+        click.echo("\n" + ", ".join(f"{n} {k}" for k, n in labels.items())
+                   + (f"; no results from: {', '.join(missing)}" if missing else ""))
+        click.echo(f"report: {page}")
+    else:
+        _emit(frame, fmt)

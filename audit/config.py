@@ -294,6 +294,39 @@ class ResourceParams:
             raise ValueError(f"disk_margin_gib: must be >= 0, got {self.disk_margin_gib}")
 
 
+# The confound map's default grid (`audit sensitivity`, see audit/grid.py): each factor's levels,
+# a level being the dotted params it sets; the level equal to the reference is the reference.
+DEFAULT_SCALE: dict[str, typing.Any] = {
+    "zoo.pools": 3, "zoo.regularized_models": 2, "merge.seeds": [0], "data.eval_samples": 1000,
+    "tracking.enabled": False}
+DEFAULT_FACTORS: dict[str, dict[str, dict[str, typing.Any]]] = {
+    "input_norm": {"dataset": {"zoo.input_norm": "dataset"}, "none": {"zoo.input_norm": "none"}},
+    "arch": {"paper-half": {"zoo.arch": "paper-half"}, "rebasin": {"zoo.arch": "rebasin"}},
+    "optimizer": {"adam": {"zoo.train.optimizer": "adam", "zoo.train.lr": 0.001},
+                  "sgd": {"zoo.train.optimizer": "sgd", "zoo.train.lr": 0.05, "zoo.train.momentum": 0.9,
+                          "zoo.train.schedule": "cosine"}},
+    "weight_decay": {"0": {"zoo.train.weight_decay": 0.0}, "5e-4": {"zoo.train.weight_decay": 0.0005}},
+    "mergemany_budget": {"converged": {"merge.mergemany_max_iter": 200}, "3-passes": {"merge.mergemany_max_iter": 3}},
+    "data": {"digits": {"data.name": "digits"}, "mnist": {"data.name": "mnist"},
+             "fashion-mnist": {"data.name": "fashion-mnist"}},
+}
+
+
+@dataclass(frozen=True)
+class SensitivityParams:
+    """The confound map: every level of every factor is one DVC experiment, varied alone from the
+    reference (this params file with ``scale`` applied). Read by `audit sensitivity` only; no stage."""
+
+    scale: Mapping[str, typing.Any] = field(default_factory=lambda: dict(DEFAULT_SCALE))
+    factors: Mapping[str, Mapping[str, Mapping[str, typing.Any]]] = field(
+        default_factory=lambda: {f: {lv: dict(o) for lv, o in levels.items()} for f, levels in DEFAULT_FACTORS.items()})
+    jobs: int = 1  # experiments run at once (`dvc queue start -j`); each uses every core it is given
+
+    def check(self):
+        if self.jobs < 1:
+            raise ValueError(f"jobs: must be >= 1, got {self.jobs}")
+
+
 @dataclass(frozen=True)
 class Params:
     data: DataParams = field(default_factory=DataParams)
@@ -305,12 +338,16 @@ class Params:
     executor: str = "local"  # local: this machine's processes | ray: Ray tasks (see the ray section)
     ray: RayParams = field(default_factory=RayParams)
     resources: ResourceParams = field(default_factory=ResourceParams)
+    sensitivity: SensitivityParams = field(default_factory=SensitivityParams)
 
     def check(self):
         _one_of("executor", self.executor, EXECUTORS)
         too_deep = [d for d in self.merge.side_ablation if d > self.zoo.depth]
         if too_deep:
             raise ValueError(f"merge.side_ablation: depth {too_deep[0]} exceeds zoo.depth {self.zoo.depth}")
+        from .grid import settings  # every setting of the grid is a valid params file, checked here
+
+        settings(self)
 
 
 def read_yaml(path: Path, what: str, error: type[Exception]):
@@ -383,7 +420,7 @@ def _build(cls, raw, prefix: str):
         # "key: message" from a check names a field of this section; anything else is the section's.
         msg = str(e)
         head, _, rest = msg.partition(": ")
-        if head in fields:
+        if head in fields or head.split(".")[0] in fields:  # "sensitivity.factors.x: ..." names a key too
             raise _KeyError(_join(prefix, head), rest) from None
         raise _KeyError(prefix or "(top level)", msg) from None
     return obj
@@ -403,6 +440,8 @@ def _join(prefix: str, key: str) -> str:
 
 
 def _convert(hint, value, key: str):
+    if hint is typing.Any:  # a params override (sensitivity): checked where it is applied
+        return value
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:

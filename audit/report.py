@@ -344,7 +344,7 @@ def build_report(root: Path, params: Params) -> Path:
     (out).mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text("\n".join(md))
     html_path = out / "report.html"
-    html_path.write_text(_html(md, figs))
+    html_path.write_text(markdown_html(md, figs))
     return html_path
 
 
@@ -370,7 +370,7 @@ def _md_table(rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(esc[0])] + ["| " + " | ".join(r) + " |" for r in esc[1:]]
 
 
-def _html(md_lines: list[str], figs: dict[str, Path]) -> str:
+def markdown_html(md_lines: list[str], figs: dict[str, Path], title: str = "rebasin-audit report") -> str:
     """A minimal, dependency-free Markdown subset -> HTML, images embedded as data URIs."""
     body, in_code, in_table = [], False, False
     for line in md_lines:
@@ -419,7 +419,7 @@ def _html(md_lines: list[str], figs: dict[str, Path]) -> str:
     script = ("window.addEventListener('load',()=>{const i=[...document.images];"
               "const ok=i.filter(x=>x.complete&&x.naturalWidth>0).length;"
               "document.title='report ready: '+ok+'/'+i.length+' images';});")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>rebasin-audit report</title>"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style><script>{script}</script></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 

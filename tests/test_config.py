@@ -80,7 +80,7 @@ def test_every_preset_states_every_knob_and_loads():
     from tests.conftest import REPO
 
     def keys(d, prefix=""):
-        return {f"{prefix}{k}" for k, v in d.items()} | {x for k, v in d.items() if isinstance(v, dict) and k != "regularized"
+        return {f"{prefix}{k}" for k, v in d.items()} | {x for k, v in d.items() if isinstance(v, dict) and k not in ("regularized", "scale", "factors")
                                                        for x in keys(v, f"{prefix}{k}.")}
 
     want = keys(to_dict(Params()))

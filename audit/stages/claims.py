@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ..claims import (VERDICTS, ClaimsError, NotMeasured, Results, check_claims, claim_verdicts, evaluate_claims,
-                      load_claims)
+                      load_claims, verdict_records)
 from ..compare import COLUMNS as COMPARE_COLUMNS, compare
 from ..config import METHODS, Params
 from ..paths import CLAIMS_CSV, CLAIMS_YAML, COMPARE_CSV, EVALUATION_CSV, METRICS_DIR, VERDICTS_JSON
@@ -65,10 +64,7 @@ def run(params: Params, root: Path) -> dict:
     verdicts = claim_verdicts(rows)
     write_csv(root / CLAIMS_CSV, rows)
     by_id = {c.id: c for c in claims}
-    atomic_write_json(root / VERDICTS_JSON, [
-        {**v, "source": by_id[v["id"]].source, "quote": by_id[v["id"]].quote, "control": by_id[v["id"]].control,
-         "tests": rows[rows.id == v["id"]].replace({np.nan: None, np.inf: None, -np.inf: None}).to_dict("records")}
-        for v in verdicts.to_dict("records")])
+    atomic_write_json(root / VERDICTS_JSON, verdict_records(claims, rows))
     if "mergemany" in params.merge.methods and len(params.merge.methods) > 1:
         measured = [(m, e) for m, e in COMPARE_METRICS if _measured(results, m, e)]
         table = compare(results, baseline="mergemany", metrics=measured, alpha=a.alpha, n_boot=a.bootstrap,

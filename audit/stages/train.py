@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -73,6 +74,12 @@ def run(params: Params, root: Path) -> dict:
             summary[label] = {"models": len(seeds), "test_accuracy_mean": float(np.mean(accs)),
                               "test_accuracy_min": float(np.min(accs)), "seconds": round(seconds, 1)}
         tr.log_parent(metrics={f"{k}/test_accuracy_mean": v["test_accuracy_mean"] for k, v in summary.items()})
+    # The stage's out exists even with no baseline (regularized: {}), and a baseline dropped from
+    # the params leaves no models behind to be evaluated beside the current ones.
+    (root / REGULARIZED_DIR).mkdir(parents=True, exist_ok=True)
+    for stale in (root / REGULARIZED_DIR).iterdir():
+        if stale.is_dir() and stale.name not in z.regularized:
+            shutil.rmtree(stale)
     atomic_write_json(root / METRICS_DIR / "train.json", summary)
     return summary
 

@@ -1,0 +1,130 @@
+"""DVC experiments, driven through the `dvc` command line: queue, run, list, read a file of one.
+
+The DVC CLI is the interface DVC documents and keeps stable (its Python API exposes no queue), so
+every call here is a subprocess of the `dvc` next to this interpreter. An experiment's committed
+files (params.yaml, dvc.lock, metrics/, results/claims.*) are read from its git commit, so a result
+survives the queue's temporary workspace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import UserError
+
+# executor states `dvc exp show --json` reports; None: finished before this queue's records
+PENDING = ("queued", "running")
+
+
+class ExperimentError(UserError):
+    """DVC or git refused (not a git/DVC project, a failed experiment): one line naming it."""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    rev: str | None  # its git commit, once it has one
+    state: str | None  # queued | running | success | failed | None (finished, no queue record)
+    log: str | None = None  # the queue's log file of its run
+
+    @property
+    def finished(self) -> bool:
+        return self.rev is not None and self.state in (None, "success")
+
+
+def _env() -> dict:
+    # The queue's worker spawns `dvc`, and each stage runs `python`: both must be this environment's,
+    # also when it was not activated (`.venv/bin/audit sensitivity`).
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def dvc(root: Path, *args: str, check: bool = True) -> str:
+    exe = shutil.which("dvc", path=_env()["PATH"])
+    if exe is None:
+        raise ExperimentError("dvc: not found next to this Python or on PATH (install the project: make setup)")
+    proc = subprocess.run([exe, *args], cwd=root, env=_env(), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+        raise ExperimentError(f"dvc {' '.join(args[:3])}: {lines[-1] if lines else f'exit {proc.returncode}'}")
+    return proc.stdout
+
+
+def git(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+
+
+def head(root: Path) -> str:
+    proc = git(root, "rev-parse", "HEAD")
+    if proc.returncode != 0:
+        raise ExperimentError(f"{root}: DVC experiments need a git repository with a commit (git init; git commit)")
+    return proc.stdout.strip()
+
+
+def experiments(root: Path) -> dict[str, Experiment]:
+    """The experiments whose baseline is HEAD, by name."""
+    out = {}
+    for baseline in json.loads(dvc(root, "exp", "show", "--json", "--no-pager") or "[]"):
+        for exp in baseline.get("experiments") or []:
+            name = exp.get("name")
+            revs = exp.get("revs") or [{}]
+            executor = exp.get("executor") or {}
+            rev = revs[0].get("rev")
+            state = executor.get("state")
+            out[name] = Experiment(name, rev if state not in PENDING else None, state,
+                                   (executor.get("local") or {}).get("log"))
+    return out
+
+
+def read(root: Path, rev: str, path: str) -> str | None:
+    """The text of ``path`` in commit ``rev``; None when that commit has no such file."""
+    proc = git(root, "show", f"{rev}:{path}")
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def queue(root: Path, name: str, overrides: dict) -> None:
+    """Queue one experiment: params.yaml with the dotted ``overrides`` set (each value as YAML)."""
+    args = ["exp", "run", "--queue", "--name", name]
+    for key, value in overrides.items():
+        args += ["-S", f"{key}={json.dumps(value)}"]  # JSON is YAML: strings stay strings ("none")
+    dvc(root, *args)
+
+
+def remove(root: Path, names: list[str]) -> None:
+    if names:
+        dvc(root, "exp", "remove", *names, check=False)
+        dvc(root, "queue", "remove", *names, check=False)
+
+
+def start(root: Path, jobs: int) -> None:
+    dvc(root, "queue", "start", "--jobs", str(jobs))
+
+
+def wait(root: Path, names: list[str], *, poll_s: float = 5.0, progress=None) -> dict[str, Experiment]:
+    """Block until none of ``names`` is queued or running; returns their records."""
+    while True:
+        found = experiments(root)
+        pending = [n for n in names if n in found and found[n].state in PENDING]
+        if progress is not None:
+            progress(len(names) - len(pending), len(names))
+        if not pending:
+            return {n: found[n] for n in names if n in found}
+        time.sleep(poll_s)
+
+
+def failure_line(exp: Experiment) -> str:
+    """The last error line of a failed experiment's log, for a one-line report."""
+    if exp.log and Path(exp.log).exists():
+        lines = [ln.strip() for ln in Path(exp.log).read_text(errors="replace").splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith("ERROR") or "Error" in ln]
+        if errors or lines:
+            return (errors or lines)[-1]
+    return f"state {exp.state}"
