@@ -84,15 +84,21 @@ def _emit(frame, fmt: str) -> None:
             click.echo(frame.to_string(index=False))
 
 
-def _results(params_path: str):
+def _results(params_path: str, results_path: str | None = None):
+    from .config import UserError
     from .stages.claims import load_results
-    from .stages.common import PipelineError
 
     params = _load(params_path)
     try:
-        return params, load_results(params, Path(params_path).resolve().parent)
-    except PipelineError as e:
+        return params, load_results(params, Path(params_path).resolve().parent,
+                                    Path(results_path) if results_path else None)
+    except UserError as e:
         raise click.ClickException(str(e)) from None
+
+
+RESULTS_OPTION = click.option("--results", "results_path", default=None, metavar="FILE",
+                              help="an evaluation table in the documented schema (default: this run's "
+                                   "results/evaluation.csv); zoo.depth and merge.permute come from --params")
 
 
 FORMATS = click.Choice(["table", "csv", "json"])
@@ -105,13 +111,14 @@ FORMATS = click.Choice(["table", "csv", "json"])
               help="metric(s), e.g. clean_accuracy or fgsm_robust_accuracy@0.01 (default: clean_accuracy)")
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
 @click.option("--params", "params_path", default="params.yaml", show_default=True, help="params file of the run")
+@RESULTS_OPTION
 def compare_cmd(baseline: str, methods: tuple[str, ...], metric_names: tuple[str, ...], fmt: str,
-                params_path: str) -> None:
+                params_path: str, results_path: str | None) -> None:
     """Per depth: each method vs the baseline on identical groups (mean, CI, difference, Holm p, d_z)."""
     from .claims import ClaimsError
     from .compare import compare
 
-    params, results = _results(params_path)
+    params, results = _results(params_path, results_path)
     metrics = _metric_option(metric_names) or [("clean_accuracy", None)]
     try:
         table = compare(results, baseline=baseline, methods=list(methods) or None, metrics=metrics,
@@ -130,7 +137,8 @@ def compare_cmd(baseline: str, methods: tuple[str, ...], metric_names: tuple[str
 @click.option("--detail", is_flag=True, help="one row per tested unit (depth, change...) instead of per claim")
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
 @click.option("--params", "params_path", default="params.yaml", show_default=True, help="params file of the run")
-def claims_cmd(claims_path: str, detail: bool, fmt: str, params_path: str) -> None:
+@RESULTS_OPTION
+def claims_cmd(claims_path: str, detail: bool, fmt: str, params_path: str, results_path: str | None) -> None:
     """Evaluate every claim of the registry on the last run: supported / contradicted / inconclusive."""
     from .claims import VERDICTS, ClaimsError, check_claims, claim_verdicts, evaluate_claims, load_claims
     from .config import METHODS
@@ -142,7 +150,7 @@ def claims_cmd(claims_path: str, detail: bool, fmt: str, params_path: str) -> No
                      beyond_depth=params.audit.beyond_depth)
     except ClaimsError as e:
         raise click.ClickException(str(e)) from None
-    params, results = _results(params_path)
+    params, results = _results(params_path, results_path)
     a = params.audit
     try:
         rows = evaluate_claims(claims, results, alpha=a.alpha, margin=a.equivalence_margin,

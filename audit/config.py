@@ -30,6 +30,8 @@ SCHEDULES = ("constant", "cosine")
 ENGINES = ("auto", "loop", "batched")
 DEVICES = ("auto", "cpu", "cuda")
 INPUT_NORMS = ("dataset", "none")
+ZOO_SOURCES = ("train", "import")
+IMPORT_FORMATS = ("safetensors", "torch")
 # Hidden widths of the published architectures.
 PRESETS: dict[str, tuple[int, ...]] = {
     "paper": (512, 512, 512, 256),  # Franke et al. 2025 (from the PyTorch port they adapted)
@@ -140,6 +142,21 @@ class RegularizedParams:
 
 
 @dataclass(frozen=True)
+class ImportParams:
+    """zoo.import: checkpoints trained elsewhere, read as the zoo (zoo.source: import)."""
+
+    path: str | None = None  # directory of checkpoints, one MLP per file (relative to the project)
+    format: str = "safetensors"  # safetensors | torch (read with torch.load(weights_only=True) only)
+    # checkpoint key -> this project's key (hidden.<i>.weight|bias, head.weight|bias); empty: the
+    # nn.Sequential layout (0.weight, 2.weight, ...) and the reference port's (layer0.weight, ...)
+    # are recognised
+    key_map: Mapping[str, str] = field(default_factory=dict)
+
+    def check(self):
+        _one_of("format", self.format, IMPORT_FORMATS)
+
+
+@dataclass(frozen=True)
 class ZooParams:
     arch: str | tuple[int, ...] = "paper-half"  # a preset (paper: 512-512-512-256, rebasin: 512x3) or widths
     depth: int = 4  # D: each pool holds 2^D base models; the ablation merges groups of 2^d, d = 1..D
@@ -153,8 +170,17 @@ class ZooParams:
     regularized: Mapping[str, RegularizedParams] = field(default_factory=lambda: {
         "l1": RegularizedParams(l1=1e-4), "l2": RegularizedParams(l2=1e-3)})  # baselines by name
     regularized_models: int = 4  # models per regularized baseline (seeds 0..n-1 of pool 0)
+    source: str = "train"  # train (this pipeline trains the pools) | import (zoo.import's checkpoints)
+    import_: ImportParams = field(default_factory=ImportParams)  # YAML key: import
 
     def check(self):
+        _one_of("source", self.source, ZOO_SOURCES)
+        if self.source == "import":
+            if not self.import_.path:
+                raise ValueError("import.path: required when source is import (a directory of checkpoints)")
+            if self.regularized:
+                raise ValueError("regularized: must be {} when source is import (the baselines are trained like "
+                                 "pool 0's first models, whose training is not known for imported ones)")
         if isinstance(self.arch, str):
             _one_of("arch", self.arch, tuple(PRESETS))
         elif not self.arch or any(w < 1 for w in self.arch):
@@ -378,7 +404,7 @@ def params_from_dict(raw, source: str = "params") -> Params:
 def to_dict(obj) -> dict:
     """A params dataclass as plain JSON/YAML-serializable data."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {_key(f.name): to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, Mapping):
         return {k: to_dict(v) for k, v in obj.items()}
     if isinstance(obj, tuple):
@@ -406,12 +432,13 @@ def _build(cls, raw, prefix: str):
     if not isinstance(raw, Mapping):
         raise _KeyError(prefix or "(top level)", f"expected a mapping of keys, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {_key(f.name): f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
             raise _KeyError(_join(prefix, str(key)),
                             f"unknown key (value {_short(raw[key])}); allowed: {', '.join(fields)}")
-    values = {name: _convert(hints[name], raw[name], _join(prefix, name)) for name in fields if name in raw}
+    values = {fields[name].name: _convert(hints[fields[name].name], raw[name], _join(prefix, name))
+              for name in fields if name in raw}
     try:
         obj = cls(**values)
         if hasattr(obj, "check"):
@@ -428,6 +455,11 @@ def _build(cls, raw, prefix: str):
 
 _EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string", tuple: "a list",
              Mapping: "a mapping", dict: "a mapping"}
+
+
+def _key(field_name: str) -> str:
+    """A field's params key: ``import_`` is ``import`` (a Python keyword cannot name a field)."""
+    return field_name.removesuffix("_")
 
 
 def _short(value, limit: int = 40) -> str:

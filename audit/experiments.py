@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,11 +52,16 @@ def dvc(root: Path, *args: str, check: bool = True) -> str:
     exe = shutil.which("dvc", path=_env()["PATH"])
     if exe is None:
         raise ExperimentError("dvc: not found next to this Python or on PATH (install the project: make setup)")
-    proc = subprocess.run([exe, *args], cwd=root, env=_env(), capture_output=True, text=True)
+    # Output through files, not pipes: `dvc queue start` leaves a daemon worker that inherits the
+    # command's stdout and stderr, and a pipe would not see its end until that worker exits.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.run([exe, *args], cwd=root, env=_env(), stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if check and proc.returncode != 0:
-        lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+        lines = [ln for ln in (stderr or stdout).splitlines() if ln.strip()]
         raise ExperimentError(f"dvc {' '.join(args[:3])}: {lines[-1] if lines else f'exit {proc.returncode}'}")
-    return proc.stdout
+    return stdout
 
 
 def git(root: Path, *args: str) -> subprocess.CompletedProcess:

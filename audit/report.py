@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import io
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -20,9 +22,10 @@ import yaml
 
 from . import __version__
 from .claims import verdict_reading
-from .config import Params, UserError, to_dict
+from .config import PRESETS, Params, UserError, to_dict
 from .methods import METHODS
 from .paths import REPORT_DIR
+from .storage import atomic_write_bytes
 
 # Merge methods take their colours from the registry; base models and the shipped baselines' here.
 METHOD_COLORS = {"base": "#444444", **{name: m.colour for name, m in METHODS.items()}, "l1": "#ff7f0e", "l2": "#9467bd"}
@@ -69,31 +72,41 @@ def _figures(table: pd.DataFrame, barriers: pd.DataFrame, params: Params, out: P
     def save(fig, name):
         path = out / f"{name}.png"
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
         plt.close(fig)
+        atomic_write_bytes(path, buf.getvalue())
         figs[name] = path
 
-    # 1. Accuracy distributions by method and number of merged models (the paper's Fig. 3).
+    # 1. The paper's Fig. 3 as its claims read it: hierarchical vs MergeMany per number of models,
+    # with the unmerged median; naive averaging (far below) in its own panel, so that its range
+    # does not squeeze the central comparison into a sliver.
     acc = t[t.metric == "clean_accuracy"]
     merged = acc[acc.kind == "merged"]
     depths = sorted(merged.depth.unique())
     methods = [m for m in METHODS if m in set(merged.method)]
-    fig, ax = plt.subplots(figsize=(8, 4.2))
-    width = 0.8 / max(len(methods), 1)
-    for i, m in enumerate(methods):
-        data = [merged[(merged.method == m) & (merged.depth == d)].value.to_numpy() for d in depths]
-        pos = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(depths))]
-        bp = ax.boxplot(data, positions=pos, widths=width * 0.9, patch_artist=True, showfliers=True)
-        for box in bp["boxes"]:
-            box.set(facecolor=METHOD_COLORS[m], alpha=0.55)
-        ax.plot([], [], color=METHOD_COLORS[m], lw=6, alpha=0.55, label=m)
+    central = [m for m in ("hierarchical", "mergemany") if m in methods]
+    others = [m for m in methods if m not in central]
     base_median = acc[acc.kind == "base"].value.median()
-    ax.axhline(base_median, color="black", ls="--", lw=1, label=f"unmerged median ({base_median:.3f})")
-    ax.set_xticks(range(len(depths)), [f"{2 ** int(d)}" for d in depths])
-    ax.set_xlabel("models merged (2^depth)")
-    ax.set_ylabel("test accuracy (fraction)")
-    ax.set_title("Clean accuracy by merge method and number of models")
-    ax.legend(fontsize=8, loc="lower left")
+    panels = [(central, "hierarchical vs MergeMany")] + ([(others, " / ".join(others))] if others else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(11, 4.2), squeeze=False,
+                             gridspec_kw={"width_ratios": [2, 1][:len(panels)]})
+    for ax, (group, title) in zip(axes[0], panels):
+        width = 0.8 / max(len(group), 1)
+        for i, m in enumerate(group):
+            data = [merged[(merged.method == m) & (merged.depth == d)].value.to_numpy() for d in depths]
+            pos = [j + (i - (len(group) - 1) / 2) * width for j in range(len(depths))]
+            bp = ax.boxplot(data, positions=pos, widths=width * 0.9, patch_artist=True, showfliers=True)
+            for box in bp["boxes"]:
+                box.set(facecolor=METHOD_COLORS[m], alpha=0.55)
+            ax.plot([], [], color=METHOD_COLORS[m], lw=6, alpha=0.55, label=m)
+        ax.axhline(base_median, color="black", ls="--", lw=1, label=f"unmerged median ({base_median:.3f})")
+        ax.set_xticks(range(len(depths)), [f"{2 ** int(d)}" for d in depths])
+        ax.set_xlabel("models merged (2^depth)")
+        ax.set_ylabel("test accuracy (fraction)")
+        ax.set_title(title)
+        ax.legend(fontsize=8, loc="lower left")
+    fig.suptitle("Clean accuracy by number of merged models (paper's Fig. 3)", fontsize=11)
     save(fig, "accuracy_by_method")
 
     # 2. Robust accuracy vs eps per stage (hierarchical) with 95% CI bands, with L1/L2 (Fig. 4).
@@ -255,6 +268,73 @@ def _claims_table(claims: pd.DataFrame, verdicts: list[dict]) -> list[list[str]]
     return rows
 
 
+def _ui_base(params: Params) -> str:
+    """Where the MLflow UI serves this store: the tracking server itself, else `audit ui`'s default."""
+    uri = params.tracking.uri
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+
+
+def _finding(tests: list[dict]) -> str:
+    """What the audit finds, in the metric's units: each tested unit's effect and 95% CI (at most
+    three units spelled out; the detailed table has every one)."""
+    parts = []
+    for t in tests[:3]:
+        unit = str(t.get("unit") or "")
+        if unit.startswith("not measured"):
+            parts.append(unit)
+        elif t.get("effect") is None:
+            parts.append(f"{unit}: -")
+        else:
+            parts.append(f"{unit}: {_fmt(t['effect'])} [{_fmt(t.get('ci_low'))}, {_fmt(t.get('ci_high'))}]")
+    if len(tests) > 3:
+        parts.append(f"+{len(tests) - 3} more units")
+    metric = tests[0].get("metric") if tests else None
+    return (f"{metric}: " if metric else "") + "; ".join(parts)
+
+
+def summary_rows(verdicts: list[dict], params: Params) -> list[list[str]]:
+    """The summary table: per claim what the paper says, what the audit finds, the verdict (a
+    badge in the HTML) and the caveat a reader needs beside it."""
+    rows = [["claim", "the paper says", "the audit finds (effect [95% CI])", "verdict", "caveat"]]
+    ui = _ui_base(params)
+    for v in verdicts:
+        run = v.get("mlflow_run")
+        claim = f"[{v['id']}]({ui}/#/experiments/{run['experiment_id']}/runs/{run['run_id']})" if run else v["id"]
+        reading = verdict_reading(v["verdict"], v.get("caveat") or "")
+        rows.append([claim, f"\"{v['quote']}\" ({v['source']})", _finding(v.get("tests") or []),
+                     f"[[verdict:{v['verdict']}:{reading}]]", v.get("caveat") or "-"])
+    return rows
+
+
+def scope_paragraph(params: Params, prov: dict, n_models: int) -> str:
+    """What was rerun, at what scale, and what differs from the paper (the ML Reproducibility
+    Challenge's scope section, in one paragraph)."""
+    z, t, m = params.zoo, params.zoo.train, params.merge
+    arch = "-".join(map(str, PRESETS[z.arch])) if isinstance(z.arch, str) else "-".join(map(str, z.arch))
+    data = prov["data"].get("name", params.data.name)
+    return (f"**Rerun:** the controlled ablation of Franke et al. (2025): Git Re-Basin weight matching with "
+            f"interpolation at lambda {m.lam:g}, merged hierarchically (2^d models over d stages) and by MergeMany "
+            f"(at most {m.mergemany_max_iter} passes), beside naive averaging, on identical groups of "
+            f"{', '.join(str(2 ** d) for d in range(1, z.depth + 1))} models from {z.pools} pool(s) of "
+            f"{z.pool_size} base models ({n_models} models evaluated, merge seeds {list(m.seeds)}). "
+            f"**Differs from the paper:** data set {data} (the paper: CIFAR-10, 1600 MLPs); MLP {arch} "
+            f"(the paper: 512-512-512-256); training {t.optimizer} lr {t.lr:g}, {t.epochs} epochs, batch "
+            f"{t.batch_size}, weight decay {t.weight_decay:g}, input normalization {z.input_norm} as a fixed layer "
+            f"inside each model; attacks in [0, 1] pixel space with eps in pixel units (FGSM L-inf; DeepFool L2, "
+            f"overshoot {params.eval.metrics.deepfool_overshoot:g}, robust accuracy at eps = share of samples whose "
+            f"minimal perturbation exceeds eps, the foolbox convention); robust accuracy counts samples correct and "
+            f"still correct under attack, over all test samples.")
+
+
+FIGURE_TITLES = {
+    "accuracy_by_method": "Fig. 3: clean accuracy, hierarchical vs MergeMany",
+    "robustness_by_stage": "Fig. 4: robustness by stage",
+    "norms_by_stage": "Fig. 5: weight norm and Lipschitz bounds by stage",
+    "barriers": "Barriers between two base models",
+    "robust_vs_clean": "Robust against clean accuracy",
+}
+
+
 PAPER_NOTES = {
     "accuracy_by_method": ("F1-hierarchical-beats-mergemany", "F3-mergemany-deteriorates-4-to-8",
                            "F2-gap-grows-with-models"),
@@ -267,8 +347,9 @@ PAPER_NOTES = {
 }
 
 CAPTIONS = {
-    "accuracy_by_method": "Test accuracy of merged models by method and number of merged models "
-                          "(paper's Fig. 3); dashed: median of the unmerged models.",
+    "accuracy_by_method": "Test accuracy of merged models by number of merged models: hierarchical vs "
+                          "MergeMany (the paper's Fig. 3 comparison), naive averaging in its own panel; dashed: "
+                          "median of the unmerged models.",
     "robustness_by_stage": "Robust accuracy (share of all test samples correct and still correct under attack) "
                            "over attack strength, per hierarchical stage, with L1/L2-regularized baselines "
                            "(paper's Fig. 4); bands: 95% CI of the mean over models.",
@@ -320,31 +401,30 @@ def build_report(root: Path, params: Params) -> Path:
            f"{params.zoo.pool_size} base models, merge seeds {list(params.merge.seeds)}; every interval is a 95% CI, "
            f"p-values are Holm-adjusted over all claims (alpha {params.audit.alpha}).", ""]
     by_construction = sum(str(v.get("caveat") or "").startswith("holds by construction") for v in verdict_list)
-    md += ["## Verdicts", "",
+    md += ["## Summary", "",
            f"{counts.get('supported', 0)} supported ({by_construction} of them hold by construction and are no "
            f"evidence), {counts.get('contradicted', 0)} contradicted, {counts.get('mixed', 0)} mixed, "
            f"{counts.get('inconclusive', 0)} inconclusive (of {len(verdict_list)} claims).", ""]
-    md += [f"- **{v['id']}**: {verdict_reading(v['verdict'], v.get('caveat') or '')} - {v['source']}: "
-           f"\"{v['quote']}\"" + (f" *Caveat: {v['caveat']}.*" if v.get("caveat") else "") for v in verdict_list]
-    md += ["", "### Every test", ""]
-    md += _md_table(_claims_table(claims, verdict_list))
+    md += ["::: summary"] + _md_table(summary_rows(verdict_list, params)) + [":::", ""]
+    md += ["## Scope", "", scope_paragraph(params, prov, n_models), ""]
+    md += ["## Figures and the claims they test", ""]
+    for name, path in figs.items():
+        md += [f"### {FIGURE_TITLES[name]}", "", f"![{name}](figures/{path.name})", "", f"*{CAPTIONS[name]}*", ""]
+        md += [f"> {n}" for n in _notes_for(name, verdicts)] + [""]
+    md += ["## Detailed tables", "", f"::: details Every test ({len(claims)} rows)"]
+    md += _md_table(_claims_table(claims, verdict_list)) + [":::", ""]
     if not compare.empty:
-        md += ["", "### Methods against MergeMany (paired on identical groups)", ""]
         cols = ["metric", "eps", "models", "method", "n", "mean", "baseline_mean", "diff", "diff_ci_low",
                 "diff_ci_high", "d_z", "mde", "p_holm", "verdict", "mergemany_converged"]
+        md += [f"::: details Methods against MergeMany, paired on identical groups ({len(compare)} rows)"]
         md += _md_table([cols] + [[_fmt(x) if not isinstance(x, str) else x for x in r]
-                                  for r in compare[cols].itertuples(index=False)])
-    md += ["", "## Figures", ""]
-    for name, path in figs.items():
-        md += [f"![{name}](figures/{path.name})", "", f"*{CAPTIONS[name]}*", ""]
-        md += [f"> {n}" for n in _notes_for(name, verdicts)] + [""]
+                                  for r in compare[cols].itertuples(index=False)]) + [":::", ""]
     md += ["## Setup and provenance", "", "```json", json.dumps(prov, indent=1), "```", "",
            "Params of this run:", "", "```yaml", yaml.safe_dump(to_dict(params), sort_keys=False).strip(), "```", ""]
     md += ["## Limitations", ""] + [f"- {x}" for x in _limitations(params, catalog)] + [""]
-    (out).mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text("\n".join(md))
+    atomic_write_bytes(out / "report.md", ("\n".join(markdown_text(md)) + "\n").encode())
     html_path = out / "report.html"
-    html_path.write_text(markdown_html(md, figs))
+    atomic_write_bytes(html_path, markdown_html(md, figs).encode())
     return html_path
 
 
@@ -370,9 +450,29 @@ def _md_table(rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(esc[0])] + ["| " + " | ".join(r) + " |" for r in esc[1:]]
 
 
+_VERDICT = re.compile(r"\[\[verdict:([a-z ]+):([^\]]*)\]\]")
+_LINK = re.compile(r"\[([^\]]+)\]\(((?:https?|file)://[^)\s]+)\)")
+
+
+def markdown_text(md_lines: list[str]) -> list[str]:
+    """The lines as report.md holds them: a verdict badge is its words, a block marker a heading."""
+    out = []
+    for line in md_lines:
+        if line.startswith(":::"):
+            title = line[3:].strip().partition(" ")[2]
+            if title:
+                out += [f"### {title}", ""]
+            continue
+        out.append(_VERDICT.sub(lambda m: f"**{m.group(2)}**", line))
+    return out
+
+
 def markdown_html(md_lines: list[str], figs: dict[str, Path], title: str = "rebasin-audit report") -> str:
-    """A minimal, dependency-free Markdown subset -> HTML, images embedded as data URIs."""
+    """A minimal, dependency-free Markdown subset -> HTML, images embedded as data URIs. Beyond
+    Markdown: ``[[verdict:<verdict>:<words>]]`` is a coloured badge (class ``verdict <verdict>``),
+    ``::: details TITLE`` ... ``:::`` a collapsible block, ``::: summary`` ... ``:::`` the summary."""
     body, in_code, in_table = [], False, False
+    table_id = None
     for line in md_lines:
         if line.startswith("```"):
             body.append("</pre>" if in_code else "<pre>")
@@ -386,14 +486,27 @@ def markdown_html(md_lines: list[str], figs: dict[str, Path], title: str = "reba
             if set(line) <= set("|-"):
                 continue
             if not in_table:
-                body.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells) + "</tr>")
+                ident = f" id={table_id}" if table_id else ""
+                body.append(f"<div class=scroll><table{ident}><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in cells)
+                            + "</tr>")
                 in_table = True
             else:
-                body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+                body.append("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in cells) + "</tr>")
             continue
         if in_table:
-            body.append("</table>")
+            body.append("</table></div>")
             in_table = False
+        if line.startswith(":::"):
+            kind, _, text = line[3:].strip().partition(" ")
+            if kind == "details":
+                body.append(f"<details><summary>{html.escape(text)}</summary>")
+                table_id = None
+            elif kind == "summary":
+                table_id = "summary"
+            else:  # the end of a block
+                body.append("</details>" if table_id is None else "")
+                table_id = None
+            continue
         if line.startswith("!["):
             name = line[2:line.index("]")]
             data = base64.b64encode(figs[name].read_bytes()).decode()
@@ -402,7 +515,7 @@ def markdown_html(md_lines: list[str], figs: dict[str, Path], title: str = "reba
             level = len(line) - len(line.lstrip("#"))
             body.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
         elif line.startswith("> "):
-            body.append(f"<p class=note>{html.escape(line[2:])}</p>")
+            body.append(f"<p class=note>{_inline(line[2:])}</p>")
         elif line.startswith("- "):
             body.append(f"<li>{_inline(line[2:])}</li>")
         elif line.startswith("*") and line.endswith("*"):
@@ -410,11 +523,17 @@ def markdown_html(md_lines: list[str], figs: dict[str, Path], title: str = "reba
         elif line:
             body.append(f"<p>{_inline(line)}</p>")
     if in_table:
-        body.append("</table>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
-             "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}"
+        body.append("</table></div>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.4}"
+             "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px;"
+             "vertical-align:top}.scroll{overflow-x:auto;max-width:100%}"
              "img{max-width:100%}pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:12px}"
-             ".note{background:#fff6e0;padding:4px 8px;font-size:13px}.caption{font-style:italic;font-size:13px}")
+             ".note{background:#fff6e0;padding:4px 8px;font-size:13px}.caption{font-style:italic;font-size:13px}"
+             ".verdict{display:inline-block;padding:1px 7px;border-radius:9px;font-weight:bold;white-space:nowrap;"
+             "font-size:12px}.verdict.supported{background:#d7ecfa;color:#0b4f7c}"
+             ".verdict.contradicted{background:#fde3cf;color:#8a3a00}.verdict.mixed{background:#eadcf3;color:#5b2a7a}"
+             ".verdict.inconclusive{background:#eeeeee;color:#444}"
+             "details{margin:0.6em 0}summary{cursor:pointer;font-weight:bold}")
     # The title becomes "report ready: N/N images" once every image has decoded; a browser test reads it.
     script = ("window.addEventListener('load',()=>{const i=[...document.images];"
               "const ok=i.filter(x=>x.complete&&x.naturalWidth>0).length;"
@@ -424,6 +543,8 @@ def markdown_html(md_lines: list[str], figs: dict[str, Path], title: str = "reba
 
 
 def _inline(text: str) -> str:
-    out = html.escape(text)
+    out = html.escape(text, quote=False)
+    out = _VERDICT.sub(lambda m: f'<span class="verdict {m.group(1)}">{m.group(2)}</span>', out)
+    out = _LINK.sub(lambda m: f'<a href="{m.group(2)}">{m.group(1)}</a>', out)
     parts = out.split("**")
     return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))

@@ -76,6 +76,7 @@ class Tracker:
         self.client = None
         self.parent_id: str | None = None
         self.logged: set[str] = set()  # child run names already in a resumed parent
+        self.run_ids: dict[str, str] = {}  # child run name -> its run id (this parent's, resumed ones too)
         self.error: str | None = None
 
     # -- lifecycle
@@ -98,6 +99,9 @@ class Tracker:
             exp_id = self.client.create_experiment(self.experiment, artifact_location=location)
         else:
             exp_id = exp.experiment_id
+        # MLflow 3's UI opens an experiment by its kind; without it, on the GenAI overview, one click
+        # away from the runs. Set on existing experiments too.
+        self.client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
         self.experiment_id = exp_id
         if self.key and (old := self._unfinished_parent()):
             self.parent_id = old
@@ -122,7 +126,9 @@ class Tracker:
         while True:
             page = self.client.search_runs([self.experiment_id], f"tags.mlflow.parentRunId = '{parent}'",
                                            max_results=5000, page_token=token)
-            names |= {r.info.run_name for r in page if r.info.status == "FINISHED"}
+            done = [r for r in page if r.info.status == "FINISHED"]
+            names |= {r.info.run_name for r in done}
+            self.run_ids.update({r.info.run_name: r.info.run_id for r in done})
             token = page.token
             if not token:
                 return names
@@ -174,13 +180,14 @@ class Tracker:
         """One finished child run under the stage's parent; returns its id (None if not logged now:
         tracking off or failed, or the child is already in a resumed parent)."""
         if self.client is None or name in self.logged:
-            return None
+            return None  # (a resumed child's id: run_ids)
         all_tags = {"mlflow.parentRunId": self.parent_id, "stage": self.stage, **{k: str(v) for k, v in (tags or {}).items()}}
         with self._guard():
             run_id = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags).info.run_id
             self._log_batch(run_id, params or {}, metrics or {}, {})
             self.client.set_terminated(run_id, "FINISHED")
             self.logged.add(name)
+            self.run_ids[name] = run_id
             return run_id
         return None
 

@@ -415,3 +415,29 @@ def test_units_to_decide_detect_the_observed_effect_with_the_stated_power():
     assert np.isfinite(_units_to_decide(tiny, alpha)) and _units_to_decide(tiny, alpha) > 3
     # an effect this n already detects, held back by the step-down only: no count is stated
     assert np.isnan(_units_to_decide(SimpleNamespace(**{**vars(row), "effect": 10.0}), alpha))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.drop(columns=["side"]), "missing column 'side'"),
+    (lambda t: t.assign(kind=t.kind.replace({"merged": "fused"})), "kind 'fused' unknown; allowed: base, merged, regularized"),
+    (lambda t: t.assign(method=t.method.replace({"mergemany": "merge_many"})), "method 'merge_many' unknown"),
+    (lambda t: t.assign(depth=t.depth.where(t.kind != "merged", t.depth + 3)), "depth 4 does not fit the pool layout (zoo.depth 3"),
+    (lambda t: t.assign(group=t.group.where(t.kind != "merged", t.group + 4)), "group 4 at depth 1 does not fit"),
+    (lambda t: t.assign(seed=t.seed.where(t.kind != "base", t.seed + 100)), "base seed 100 is not in pool 0"),
+])
+def test_an_evaluation_table_that_does_not_fit_is_one_line_naming_it(tmp_path, edit, message):
+    from audit.evaluation_table import TableError, read_evaluation
+
+    path = tmp_path / "table.csv"
+    edit(synthetic_results(pools=2, depth=3, seeds=(0,))).to_csv(path, index=False)
+    with pytest.raises(TableError) as e:
+        read_evaluation(path, depth=3)
+    assert str(e.value).startswith(f"{path}: ") and message in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_the_synthetic_table_fits_the_schema(tmp_path):
+    from audit.evaluation_table import read_evaluation
+
+    path = tmp_path / "table.csv"
+    synthetic_results(pools=2, depth=3, seeds=(0,)).to_csv(path, index=False)
+    assert len(read_evaluation(path, depth=3).table) == len(pd.read_csv(path))

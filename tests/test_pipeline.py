@@ -108,6 +108,30 @@ def test_compare_and_claims_read_the_pipelines_results(project):
 
 
 @pytest.mark.slow
+def test_any_evaluation_table_in_the_schema_gives_the_verdicts_of_the_run_that_wrote_it(project, tmp_path):
+    """`audit claims --results FILE` / `audit compare --results FILE`: the run's own table, copied
+    elsewhere (as another tool's output would be), gives exactly the run's verdicts and comparison."""
+    from click.testing import CliRunner
+
+    from audit.cli import main
+
+    root, _ = project
+    table = tmp_path / "elsewhere.csv"
+    shutil.copy(root / "results/evaluation.csv", table)
+    common = ["--params", str(root / "params.yaml"), "--results", str(table), "--format", "json"]
+    res = CliRunner().invoke(main, ["claims", "--claims", str(root / "reports/claims.yaml"), *common])
+    assert res.exit_code == 0, res.output
+    mine = {r["id"]: r["verdict"] for r in json.loads(res.output)}
+    assert mine == {c["id"]: c["verdict"] for c in json.loads((root / "results/claims.json").read_text())}
+    res = CliRunner().invoke(main, ["compare", "--baseline", "mergemany", *common])
+    assert res.exit_code == 0, res.output
+    run_compare = pd.read_csv(root / "results/compare.csv")
+    got = pd.DataFrame(json.loads(res.output))
+    clean = run_compare[run_compare.metric == "clean_accuracy"].reset_index(drop=True)
+    assert list(got.verdict) == list(clean.verdict) and (got["diff"] - clean["diff"]).abs().max() < 1e-12
+
+
+@pytest.mark.slow
 def test_mlflow_has_a_parent_per_stage_and_a_child_per_model(project):
     from mlflow.tracking import MlflowClient
 
@@ -138,6 +162,17 @@ def test_mlflow_has_a_parent_per_stage_and_a_child_per_model(project):
     one = next(r for r in evals if r.info.run_name == "eval/mergemany/p0-d1-g1-s0")
     assert {"clean_accuracy", "fgsm_robust_accuracy/eps_0.01", "lipschitz_global"} <= set(one.data.metrics)
     assert one.data.tags["method"] == "mergemany"
+    # the UI opens the experiment on its runs (MLflow 3 reads the kind tag), and each claim's run
+    # carries its verdict, linked from the report
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    claims = {r.info.run_name: r for r in children[parents["audit"].info.run_id]}
+    verdicts = json.loads((root / "results/claims.json").read_text())
+    for v in verdicts:
+        run_ = claims[f"claim/{v['id']}"]
+        assert run_.data.tags["verdict"] == v["verdict"]
+        assert v["mlflow_run"] == {"experiment_id": exp.experiment_id, "run_id": run_.info.run_id}
+    report = (root / "reports/audit/report.html").read_text()
+    assert f'<a href="http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs/{run_.info.run_id}">' in report
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """The report from a synthetic run: every section and figure, and the HTML rendered in Chromium."""
 
+import html
 import json
 import shutil
 import subprocess
@@ -59,17 +60,41 @@ def test_report_has_verdicts_figures_notes_and_provenance(run_dir):
     root, params = run_dir
     html_path = build_report(root, params)
     md = (root / "reports/audit/report.md").read_text()
-    for section in ("## Verdicts", "### Every test", "### Methods against MergeMany", "## Figures",
-                    "## Setup and provenance", "## Limitations"):
-        assert section in md
-    assert "F1-hierarchical-beats-mergemany" in md and "supported" in md
+    sections = ["## Summary", "## Scope", "## Figures and the claims they test", "## Detailed tables",
+                "### Every test", "### Methods against MergeMany", "## Setup and provenance", "## Limitations"]
+    positions = [md.index(x) for x in sections]
+    assert positions == sorted(positions), "sections out of order"  # the summary first, tables after figures
+    assert "F1-hierarchical-beats-mergemany" in md and "supported" in md and "[[verdict" not in md
     figures = sorted(p.name for p in (root / "reports/audit/figures").glob("*.png"))
     assert figures == ["accuracy_by_method.png", "barriers.png", "norms_by_stage.png", "robust_vs_clean.png",
                        "robustness_by_stage.png"]
     assert "Differs from the paper" in md or "Agrees" in md
     assert '"dvc_lock_sha256"' in md and '"versions"' in md
+    assert "**Differs from the paper:** data set digits (the paper: CIFAR-10, 1600 MLPs)" in md
     html = html_path.read_text()
-    assert html.count("data:image/png;base64,") == 5 and "<table>" in html
+    assert html.count("data:image/png;base64,") == 5 and "<table id=summary>" in html
+    assert html.count("<details>") == 2 and not list((root / "reports/audit").rglob(".*.tmp"))
+
+
+def test_the_summary_has_a_row_per_claim_with_a_badge_the_finding_and_the_caveat(run_dir):
+    root, params = run_dir
+    page = build_report(root, params).read_text()
+    verdicts = json.loads((root / "results/claims.json").read_text())
+    summary = page[page.index("<table id=summary>"):page.index("</table>", page.index("<table id=summary>"))]
+    rows = summary.split("<tr>")[2:]
+    assert len(rows) == len(verdicts)
+    for row, v in zip(rows, verdicts):
+        assert v["id"] in row and f'<span class="verdict {v["verdict"]}">' in row
+        first = v["tests"][0]
+        if first.get("effect") is not None and not str(first["unit"]).startswith("not measured"):
+            assert html.escape(f"{first['unit']}: ", quote=False) in row  # its unit, then effect [CI]
+        assert html.escape(v.get("caveat") or "-", quote=False) in row
+    # an MLflow run recorded for a claim becomes a link to it in the UI
+    from audit.report import summary_rows
+
+    linked = dict(verdicts[0], mlflow_run={"experiment_id": "7", "run_id": "abc"})
+    row = summary_rows([linked], params)[1]
+    assert row[0] == f"[{linked['id']}](http://127.0.0.1:5000/#/experiments/7/runs/abc)"
 
 
 def test_missing_inputs_are_one_line_errors(tmp_path):
@@ -80,17 +105,50 @@ def test_missing_inputs_are_one_line_errors(tmp_path):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
-def test_html_renders_in_headless_chromium_with_every_image(run_dir, tmp_path):
-    root, params = run_dir
-    html_path = build_report(root, params)
-    out = subprocess.run(
+HARNESS = """<!doctype html><html><head><title>loading</title></head><body style="margin:0">
+<iframe id=r src="{src}" style="width:1280px;height:900px;border:0"></iframe>
+<script>
+document.getElementById('r').addEventListener('load', () => setTimeout(() => {{
+  const d = document.getElementById('r').contentDocument;
+  const imgs = [...d.images];
+  const drawn = imgs.filter(i => i.complete && i.naturalWidth > 0 && i.naturalHeight > 0).length;
+  const summary = d.getElementById('summary');
+  const details = [...d.querySelectorAll('details table')];
+  const first = summary && details.every(t => summary.compareDocumentPosition(t) & Node.DOCUMENT_POSITION_FOLLOWING);
+  document.title = `width ${{d.documentElement.scrollWidth}}/${{d.documentElement.clientWidth}}; ` +
+    `images ${{drawn}}/${{imgs.length}}; tables ${{details.length}}; summary first ${{first}}`;
+}}, 500));
+</script></body></html>"""
+
+
+def _chromium(tmp_path, *args):
+    return subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-         "--virtual-time-budget=10000", "--dump-dom", html_path.as_uri()],
+         "--allow-file-access-from-files", f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr",
+         "--v=0", "--virtual-time-budget=10000", *args],
         capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_html_renders_in_headless_chromium_with_every_image(run_dir, tmp_path):
+    """At 1280 px: no horizontal overflow, every figure decoded with a natural size, the summary
+    before every detailed table; the screenshot is saved in the test's temporary directory."""
+    root, params = run_dir
+    html_path = build_report(root, params)
+    out = _chromium(tmp_path, "--dump-dom", html_path.as_uri())
     assert out.returncode == 0, out.stderr[-2000:]
     assert "<title>report ready: 5/5 images</title>" in out.stdout
     console_errors = [line for line in out.stderr.splitlines() if "CONSOLE" in line and "ERROR" in line.upper()]
     assert not console_errors and "Uncaught" not in out.stderr
+    harness = tmp_path / "harness.html"
+    harness.write_text(HARNESS.format(src=html_path.as_uri()))
+    out = _chromium(tmp_path, "--dump-dom", harness.as_uri())
+    assert out.returncode == 0, out.stderr[-2000:]
+    title = out.stdout[out.stdout.index("<title>") + 7:out.stdout.index("</title>")]
+    width, scroll_width = title.split(";")[0].removeprefix("width ").split("/")
+    assert int(width) <= int(scroll_width), f"horizontal overflow at 1280 px: {title}"
+    assert "images 5/5" in title and "tables 2" in title and "summary first true" in title, title
+    shot = tmp_path / "report-1280.png"
+    out = _chromium(tmp_path, "--window-size=1280,2400", "--hide-scrollbars", f"--screenshot={shot}", html_path.as_uri())
+    assert out.returncode == 0 and shot.stat().st_size > 10_000, out.stderr[-2000:]

@@ -11,6 +11,7 @@ from ..claims import (VERDICTS, ClaimsError, NotMeasured, Results, check_claims,
                       load_claims, verdict_records)
 from ..compare import COLUMNS as COMPARE_COLUMNS, compare
 from ..config import METHODS, Params
+from ..evaluation_table import read_evaluation
 from ..paths import CLAIMS_CSV, CLAIMS_YAML, COMPARE_CSV, EVALUATION_CSV, METRICS_DIR, VERDICTS_JSON
 from ..storage import atomic_write_json
 from .common import PipelineError, stage_main, tracker, write_csv
@@ -20,22 +21,10 @@ COMPARE_METRICS = [("clean_accuracy", None), ("fgsm_robust_accuracy", 0.01), ("f
                    ("deepfool_median_norm", None), ("weight_norm", None), ("lipschitz_global", None)]
 
 
-def load_results(params: Params, root: Path) -> Results:
-    """The evaluation table of the last run as `audit.claims.Results`."""
-    path = root / EVALUATION_CSV
-    if not path.exists():
-        raise PipelineError(f"{path}: no evaluated results yet; run the pipeline first (make repro or dvc repro)")
-    try:
-        table = pd.read_csv(path)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise PipelineError(f"{path}: unreadable evaluation table ({str(e).splitlines()[0]}); rerun the "
-                            "evaluate stage (dvc repro)") from None
-    if table.empty:
-        raise PipelineError(f"{path}: the evaluation table has no rows; rerun the evaluate stage (dvc repro)")
-    missing = {"model", "kind", "method", "depth", "pool", "group", "metric", "eps", "value"} - set(table.columns)
-    if missing:
-        raise PipelineError(f"{path}: not an evaluation table (missing column {sorted(missing)[0]!r})")
-    return Results(table, pool_depth=params.zoo.depth, main_side=params.merge.permute)
+def load_results(params: Params, root: Path, path: Path | None = None) -> Results:
+    """The evaluation table of the last run (or ``path``, any table in its schema: see
+    audit.evaluation_table) as `audit.claims.Results`."""
+    return read_evaluation(path or root / EVALUATION_CSV, params.zoo.depth, params.merge.permute)
 
 
 def _measured(results: Results, metric: str, eps: float | None) -> bool:
@@ -64,7 +53,8 @@ def run(params: Params, root: Path) -> dict:
     verdicts = claim_verdicts(rows)
     write_csv(root / CLAIMS_CSV, rows)
     by_id = {c.id: c for c in claims}
-    atomic_write_json(root / VERDICTS_JSON, verdict_records(claims, rows))
+    records = verdict_records(claims, rows)
+    atomic_write_json(root / VERDICTS_JSON, records)
     if "mergemany" in params.merge.methods and len(params.merge.methods) > 1:
         measured = [(m, e) for m, e in COMPARE_METRICS if _measured(results, m, e)]
         table = compare(results, baseline="mergemany", metrics=measured, alpha=a.alpha, n_boot=a.bootstrap,
@@ -81,6 +71,12 @@ def run(params: Params, root: Path) -> dict:
         for v in verdicts.to_dict("records"):
             tr.child(f"claim/{v['id']}", tags={"verdict": v["verdict"], "source": by_id[v["id"]].source},
                      metrics={f"{r.unit}/p_holm": r.p_holm for r in rows[rows.id == v["id"]].itertuples()})
+        # Each claim's MLflow run, for the report's links (written again only when tracking logged).
+        if tr.run_ids:
+            for r in records:
+                if run := tr.run_ids.get(f"claim/{r['id']}"):
+                    r["mlflow_run"] = {"experiment_id": tr.experiment_id, "run_id": run}
+            atomic_write_json(root / VERDICTS_JSON, records)
         for path in (CLAIMS_CSV, VERDICTS_JSON, COMPARE_CSV):
             if (root / path).exists():
                 tr.log_artifact(root / path)

@@ -83,7 +83,7 @@ def write_csv(path: Path, frame: pd.DataFrame) -> None:
 def tracker(params: Params, root: Path, stage: str) -> Tracker:
     # The key names what the stage computes from (not where it logs or runs): a rerun after a
     # tracking fault resumes the same parent run.
-    inputs = {k: v for k, v in to_dict(params).items() if k not in ("tracking", "executor", "ray", "resources")}
+    inputs = {k: v for k, v in to_dict(params).items() if k not in ("tracking", "executor", "ray", "resources", "sensitivity")}
     return Tracker(params.tracking, data_name=params.data.name, stage=stage, root=root,
                    key=digest({"stage": stage, "params": inputs})[:24])
 

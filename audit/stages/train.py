@@ -45,8 +45,13 @@ def run(params: Params, root: Path) -> dict:
     z = params.zoo
     data = with_input_norm(data, z.input_norm)
     widths = resolve_widths(z.arch)
+    imported = {}
+    if z.source == "import":  # checkpoints trained elsewhere become the pools (audit.zoo_import)
+        from ..zoo_import import import_zoo
+
+        imported = import_zoo(z, data, root, pool_dir)
     jobs = [(f"base/p{p}", pool_dir(root, p), z.train, z.pool_seeds(p), {"kind": "base", "pool": p})
-            for p in range(z.pools)]
+            for p in range(z.pools) if p not in imported]
     for name, reg in z.regularized.items():
         cfg = replace(z.train, l1=reg.l1, l2=reg.l2)
         jobs.append((name, root / REGULARIZED_DIR / name, cfg, list(range(z.regularized_models)),
@@ -58,10 +63,14 @@ def run(params: Params, root: Path) -> dict:
     with tracker(params, root, "train") as tr:
         tr.log_parent(params={"data": params.data, "zoo": z})
         tr.log_dataset(data.summary(), data.fingerprint, source(params))
-        for label, directory, cfg, seeds, tags in jobs:
+        for label, directory, cfg, seeds, tags in [(f"base/p{p}", None, None, z.pool_seeds(p), {"kind": "base", "pool": p})
+                                                   for p in imported] + jobs:
             t = time.perf_counter()
-            store = train_zoo(directory, data, widths, cfg, seeds, device=z.device, engine=z.engine,
-                              executor=train_executor, reset=True)
+            if directory is None:
+                store = imported[tags["pool"]]
+            else:
+                store = train_zoo(directory, data, widths, cfg, seeds, device=z.device, engine=z.engine,
+                                  executor=train_executor, reset=True)
             store.retain(str(s) for s in seeds)  # a smaller pool than before: its extra models go
             seconds = time.perf_counter() - t
             accs = []
@@ -70,7 +79,8 @@ def run(params: Params, root: Path) -> dict:
                 accs.append(e["metrics"]["test_accuracy"])
                 tr.child(f"{label}/s{key}", tags={**tags, "seed": key, "weights_path": str(store.path(key).relative_to(root)),
                                                   "weights_sha256": e["sha256"]},
-                         params={"seed": e["seed"], "train": cfg}, metrics=e["metrics"])
+                         params={"seed": e["seed"], **({"train": cfg} if cfg else {"imported_from": e["imported_from"]})},
+                         metrics=e["metrics"])
             summary[label] = {"models": len(seeds), "test_accuracy_mean": float(np.mean(accs)),
                               "test_accuracy_min": float(np.min(accs)), "seconds": round(seconds, 1)}
         tr.log_parent(metrics={f"{k}/test_accuracy_mean": v["test_accuracy_mean"] for k, v in summary.items()})

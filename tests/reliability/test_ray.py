@@ -143,3 +143,26 @@ def test_a_killed_worker_without_retries_is_reported_by_name_and_the_rest_kept(c
     out = run_stage(root, "merge", "--method", "hierarchical", env=cluster)  # the rerun does the rest
     assert '"reused": ' + str(len(kept)) in out.stdout
     assert model_bytes(root) == {k: v for k, v in model_bytes(local_run).items() if "naive" not in k}
+
+
+def test_the_confound_map_runs_under_executor_ray(cluster, tmp_path):
+    """`audit sensitivity` with executor: ray in the grid's scale: every experiment's stages run as
+    Ray tasks on the cluster (the queue's worker inherits RAY_ADDRESS), and the reference's
+    verdicts equal a plain local run of the same settings (the executors compute the same bytes)."""
+    import json
+
+    from tests.reliability.test_sensitivity_queue import AUDIT, dvc, git_project, sh, verdicts
+
+    root = git_project(tmp_path / "grid", {"executor": "ray"})
+    try:
+        out = sh(root, AUDIT, "sensitivity", "--format", "json", extra_env=cluster)
+    finally:
+        dvc(root, "queue", "stop", "--kill", check=False)
+    rows = json.loads(out.stdout)
+    assert {r["setting"] for r in rows} == {"reference", "input_norm=none"}
+    shown = json.loads(dvc(root, "exp", "show", "--json", "--no-pager").stdout)
+    revs = {e["name"]: e["revs"][0] for b in shown for e in (b.get("experiments") or [])}
+    assert revs["sens-reference"]["data"]["params"]["params.yaml"]["data"]["executor"] == "ray"
+    dvc(root, "repro")  # executor: local (the workspace's params), otherwise the reference setting
+    assert {r["claim"]: r["verdict"] for r in rows if r["setting"] == "reference"} == \
+        verdicts(json.loads((root / "results/claims.json").read_text()))

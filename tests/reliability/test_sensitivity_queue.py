@@ -1,15 +1,19 @@
 """The confound map through the real DVC queue, in a scratch git + DVC copy of the project: a tiny
 grid (the tiny preset, input normalization dataset | none) runs as two DVC experiments that keep
-their metrics and verdicts, `dvc exp show` and `dvc metrics diff` read them, a second call reuses
-them, and a changed setting reruns only its experiment."""
+their metrics and verdicts, `dvc exp show` and `dvc metrics diff` read them, an interrupted call
+resumes without queueing anything twice, a second call reuses them, and a changed setting reruns
+only its experiment."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -24,8 +28,9 @@ def env() -> dict:
             "TQDM_DISABLE": "1"}
 
 
-def sh(root, *cmd, check=True, timeout=900):
-    out = subprocess.run(list(cmd), cwd=root, env=env(), capture_output=True, text=True, timeout=timeout)
+def sh(root, *cmd, check=True, timeout=900, extra_env=None):
+    out = subprocess.run(list(cmd), cwd=root, env={**env(), **(extra_env or {})}, capture_output=True, text=True,
+                         timeout=timeout)
     if check and out.returncode:
         raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
     return out
@@ -35,28 +40,55 @@ def dvc(root, *args, **kw):
     return sh(root, sys.executable, "-m", "dvc", *args, **kw)
 
 
+AUDIT = os.path.join(os.path.dirname(sys.executable), "audit")
+
+
 def audit(root, *args, **kw):
-    return sh(root, os.path.join(os.path.dirname(sys.executable), "audit"), *args, **kw)
+    return sh(root, AUDIT, *args, **kw)
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("grid")
-    tracked = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True,
-                             check=True).stdout.split("\0")
+def git_project(root, *scale_overrides: dict):
+    """A git + DVC copy of the project (its files as they are, tests aside) on the tiny preset, whose
+    grid is input_norm dataset | none; ``scale_overrides`` join the grid's scale."""
+    tracked = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout.split("\0")
     for rel in filter(None, tracked):
         if rel.startswith(("tests/", "benchmarks/", "docs/")) or not (REPO / rel).is_file():
             continue
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, root / rel)
-    shutil.copy(REPO / "params" / "tiny.yaml", root / "params.yaml")  # its grid: input_norm dataset | none
+    params = yaml.safe_load((REPO / "params" / "tiny.yaml").read_text())
+    for o in scale_overrides:
+        params["sensitivity"]["scale"].update(o)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(root, "git", "init", "-q")
     dvc(root, "config", "core.analytics", "false")
     sh(root, *GIT, "add", "-A")
     sh(root, *GIT, "commit", "-qm", "tiny grid")
-    first = audit(root, "sensitivity", "--format", "json")
-    yield root, first
+    return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """The grid run once, interrupted after queueing (as Ctrl-C would), then called again: the
+    second call waits for the queued experiments instead of queueing them twice."""
+    root = git_project(tmp_path_factory.mktemp("grid"))
+    first = subprocess.Popen([AUDIT, "sensitivity"], cwd=root, env=env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while len(exp_list(root)) < 2:  # both settings queued
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(1)
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=60)
+    resumed = audit(root, "sensitivity", "--format", "json")
+    yield root, resumed
     dvc(root, "queue", "stop", "--kill", check=False)
+
+
+def exp_list(root) -> list[dict]:
+    out = dvc(root, "exp", "show", "--json", "--no-pager").stdout
+    return [e for b in json.loads(out) for e in (b.get("experiments") or [])]
 
 
 def verdicts(claims: list[dict]) -> dict[str, str]:
@@ -67,12 +99,16 @@ def verdicts(claims: list[dict]) -> dict[str, str]:
 
 
 def exp_show(root) -> dict:
-    out = dvc(root, "exp", "show", "--json", "--no-pager").stdout
-    return {e["name"]: e["revs"][0] for b in json.loads(out) for e in (b.get("experiments") or [])}
+    listed = exp_list(root)
+    names = [e["name"] for e in listed]
+    assert len(names) == len(set(names)), f"an experiment queued twice: {names}"
+    return {e["name"]: e["revs"][0] for e in listed}
 
 
 def test_each_setting_is_a_dvc_experiment_that_keeps_its_metrics_and_verdicts(project):
     root, first = project
+    # resumed: what the interrupted call queued is waited for, nothing is queued twice
+    assert re.search(r"2 settings: \d done, \d queued or running, 0 to run", first.stderr), first.stderr
     shown = exp_show(root)
     assert set(shown) == {"sens-reference", "sens-input_norm-none"}
     for name, rev in shown.items():
