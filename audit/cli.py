@@ -222,6 +222,10 @@ def sensitivity_cmd(params_path: str, collect_only: bool, jobs: int | None, fmt:
 
     params = _load(params_path)
     root = Path(params_path).resolve().parent
+    if Path(params_path).name != "params.yaml":
+        # DVC experiments set params in the project's params.yaml, which every stage reads
+        raise click.ClickException(f"{params_path}: the grid runs from the project's params.yaml (dvc exp run -S "
+                                   "sets it); copy this file there or pass --params <project>/params.yaml")
 
     def say(msg: str) -> None:
         click.echo(msg, err=True)
@@ -232,11 +236,15 @@ def sensitivity_cmd(params_path: str, collect_only: bool, jobs: int | None, fmt:
         def claims_of(setting):
             rev = revs.get(setting.name)
             text = read(root, rev, "results/claims.json") if rev else None
-            return json.loads(text) if text else None
+            try:
+                return json.loads(text) if text else None
+            except json.JSONDecodeError:
+                say(f"{setting.name}: results/claims.json in {rev[:8]} is not JSON; left out")
+                return None
 
         frame, missing = collect(plan.settings, claims_of)
-        if frame.empty:
-            raise click.ClickException("sensitivity: no experiment has results yet"
+        if frame.empty or "reference" in missing:
+            raise click.ClickException("sensitivity: the reference experiment has no results yet"
                                        + (" (run without --collect-only)" if collect_only else " (see above)"))
         meta = {"baseline": head(root), "scale": dict(params.sensitivity.scale), "skipped": plan.skipped,
                 "missing": missing, "experiments": {s.label: s.name for s in plan.settings},
@@ -252,3 +260,5 @@ def sensitivity_cmd(params_path: str, collect_only: bool, jobs: int | None, fmt:
         click.echo(f"report: {page}")
     else:
         _emit(frame, fmt)
+    if plan.failed:  # the table and files above hold what finished; the exit status says not all did
+        raise click.ClickException(f"sensitivity: {len(plan.failed)} experiment(s) failed: {', '.join(plan.failed)}")

@@ -12,7 +12,7 @@ failed or stale one (other params, other code) is removed and queued again. Inte
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -31,6 +31,7 @@ class Plan:
     settings: list[Setting]  # those that run (their data is present)
     skipped: dict[str, str]  # setting label -> why it does not run
     overrides: dict[str, dict]  # experiment name -> the -S overrides it is queued with
+    failed: list[str] = field(default_factory=list)  # experiment names that did not finish
 
 
 def _absolute(setting: Setting, root: Path) -> dict:
@@ -42,6 +43,9 @@ def _absolute(setting: Setting, root: Path) -> dict:
         over["data.root"] = str((root / data.root).resolve())
     if data.path is not None and not Path(data.path).is_absolute():
         over["data.path"] = str((root / data.path).resolve())
+    imported = setting.params.zoo.import_.path
+    if setting.params.zoo.source == "import" and imported and not Path(imported).is_absolute():
+        over["zoo.import.path"] = str((root / imported).resolve())
     uri = setting.params.tracking.uri
     if setting.params.tracking.enabled and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         over["tracking.uri"] = "sqlite:///" + str((root / uri.removeprefix("sqlite:///")).resolve())
@@ -82,33 +86,43 @@ def _md5(path: Path) -> str | None:
     return hashlib.md5(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
+OUTPUT_DIRS = ("models/", "results/", "metrics/", "reports/audit/", "data/")  # what the stages write
+
+
 def stale_because(root: Path, rev: str, setting: Setting, overrides: dict) -> str | None:
     """Why a finished experiment does not stand for ``setting`` (None: it does): other params than
-    the setting's, another copy of the code (its dvc.lock code deps against the workspace's), or
-    no claims table."""
+    the setting's, another pipeline (dvc.yaml), other sources (each dvc.lock dep that is not a
+    pipeline output, the code and the claims registry, against the workspace's file), or no
+    claims table."""
+    from .grid import apply
+
     text = ex.read(root, rev, "params.yaml")
     if text is None:
         return "no params.yaml"
     try:
         had = to_dict(params_from_dict(yaml.safe_load(text), source=f"{setting.name}:params.yaml"))
-        want_raw = to_dict(setting.params)
-        from .grid import apply
-
-        want = to_dict(params_from_dict(apply(want_raw, overrides, setting.name), source=setting.name))
-    except (ConfigError, ValueError) as e:
-        return f"its params do not load ({e})"
+        want = to_dict(params_from_dict(apply(to_dict(setting.params), overrides, setting.name), source=setting.name))
+    except (ConfigError, ValueError, yaml.YAMLError) as e:
+        return f"its params do not load ({str(e).splitlines()[0]})"
     had.pop("sensitivity", None), want.pop("sensitivity", None)
     if had != want:
         diff = sorted(k for k in set(_flat(had)) | set(_flat(want)) if _flat(had).get(k) != _flat(want).get(k))
         return f"other params ({', '.join(diff[:3])})"
-    lock = ex.read(root, rev, "dvc.lock")
-    if lock is None:
+    if ex.read(root, rev, "dvc.yaml") != (root / "dvc.yaml").read_text():
+        return "another dvc.yaml"
+    try:
+        lock = yaml.safe_load(ex.read(root, rev, "dvc.lock") or "") or {}
+    except yaml.YAMLError:
+        return "an unreadable dvc.lock"
+    if not lock.get("stages"):
         return "no dvc.lock"
-    for stage in (yaml.safe_load(lock) or {}).get("stages", {}).values():
+    for stage in lock["stages"].values():
         for dep in stage.get("deps", []):
             path = dep.get("path", "")
-            if path.startswith(("audit/", "stages/")) and dep.get("md5") != _md5(root / path):
-                return f"other code ({path})"
+            if path.startswith(OUTPUT_DIRS) or dep.get("md5", "").endswith(".dir"):
+                continue
+            if dep.get("md5") != _md5(root / path):
+                return f"other sources ({path})"
     if ex.read(root, rev, "results/claims.json") is None:
         return "no results/claims.json"
     return None
@@ -151,11 +165,15 @@ def run(params: Params, root: Path, *, jobs: int, execute: bool = True, echo=pri
     echo(f"{len(p.settings)} settings: {len(done)} done, {len(waiting)} queued or running, {len(todo)} to run")
     if not execute:
         return p, done
-    ex.remove(root, stale)
-    for s in todo:
-        ex.queue(root, s.name, p.overrides[s.name])
     names = waiting + [s.name for s in todo]
-    if names:
+    by_name = {s.name: s for s in p.settings}
+    failed = []
+    for _round in range(3):  # a pending experiment found stale once finished is queued again, at most twice
+        ex.remove(root, stale)
+        for name in [n for n in names if n not in waiting]:
+            ex.queue(root, name, p.overrides[name])
+        if not names:
+            break
         ex.start(root, jobs)
 
         def progress(finished, total, _last=[-1]):
@@ -163,14 +181,22 @@ def run(params: Params, root: Path, *, jobs: int, execute: bool = True, echo=pri
                 echo(f"experiments: {finished}/{total} finished")
                 _last[0] = finished
 
-        records = ex.wait(root, names, poll_s=poll_s, progress=progress)
-        failed = []
+        records = ex.wait(root, names, jobs=jobs, poll_s=poll_s, progress=progress)
+        again, stale, waiting = [], [], []
         for name in names:
             e = records.get(name)
             if e is None or not e.finished:
                 failed.append(f"{name} ({ex.failure_line(e) if e else 'not found'})")
-            else:
+                continue
+            why = stale_because(root, e.rev, by_name[name], p.overrides[name])
+            if why is None:
                 done[name] = e.rev
-        if failed:
-            echo(f"failed: {'; '.join(failed)} (dvc queue logs <name>)")
+            else:  # queued before the params or code changed
+                echo(f"{name}: rerun, {why}")
+                again.append(name)
+                stale.append(name)
+        names = again
+    if failed:
+        echo(f"failed: {'; '.join(failed)} (dvc queue logs <name>)")
+    p.failed = [f.split(" (")[0] for f in failed]
     return p, done

@@ -42,10 +42,13 @@ def read_evaluation(path: Path, depth: int, main_side: str = "second"):
 
     path = Path(path)
     if not path.exists():
-        raise TableError(f"{path}: no evaluated results yet; run the pipeline first (make repro or dvc repro)")
+        raise TableError(f"{path}: " + ("no evaluated results yet; run the pipeline first (make repro or dvc repro)"
+                                       if path.name == "evaluation.csv" else "not found"))
+    if not path.is_file():
+        raise TableError(f"{path}: not a file")
     try:
         table = pd.read_csv(path)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
         raise TableError(f"{path}: unreadable evaluation table ({str(e).splitlines()[0]})") from None
     check(table, depth, str(path))
     return Results(table, pool_depth=depth, main_side=main_side)
@@ -111,6 +114,11 @@ def check(table: pd.DataFrame, depth: int, where: str) -> None:
         raise TableError(f"{where}: {_row(table, bad)}: base seed {_v(table.seed.iloc[i])} is not in pool "
                          f"{_v(table.pool.iloc[i])} (seeds {int(table.pool.iloc[i]) * size}..{(int(table.pool.iloc[i]) + 1) * size - 1} "
                          f"at zoo.depth {depth})")
+    dup = table.duplicated(["model", "metric", "eps"])
+    if dup.any():
+        i = np.flatnonzero(np.asarray(dup))[0]
+        raise TableError(f"{where}: {_row(table, dup)}: model {table.model.iloc[i]!r}, metric {table.metric.iloc[i]!r} at eps "
+                         f"{_v(table.eps.iloc[i])} appears twice (one row per model x metric x eps)")
     bad = table.side.notna() & ~table.side.isin(SIDES)
     if bad.any():
         raise TableError(f"{where}: {_row(table, bad)}: side {table.side[bad].iloc[0]!r} unknown; allowed: first, second")

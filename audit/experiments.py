@@ -60,7 +60,8 @@ def dvc(root: Path, *args: str, check: bool = True) -> str:
         stdout, stderr = out.read(), err.read()
     if check and proc.returncode != 0:
         lines = [ln for ln in (stderr or stdout).splitlines() if ln.strip()]
-        raise ExperimentError(f"dvc {' '.join(args[:3])}: {lines[-1] if lines else f'exit {proc.returncode}'}")
+        named = " ".join(a for a in args if not a.startswith("-"))[:80]
+        raise ExperimentError(f"dvc {named}: {lines[-1] if lines else f'exit {proc.returncode}'}")
     return stdout
 
 
@@ -75,8 +76,12 @@ def head(root: Path) -> str:
     return proc.stdout.strip()
 
 
+_RANK = {"running": 0, "queued": 1, "success": 2, None: 2, "failed": 3}  # which record of a name counts
+
+
 def experiments(root: Path) -> dict[str, Experiment]:
-    """The experiments whose baseline is HEAD, by name."""
+    """The experiments whose baseline is HEAD, by name. Where a name has several records (a
+    failed run beside its rerun), the one that is pending or finished counts over a failed one."""
     out = {}
     for baseline in json.loads(dvc(root, "exp", "show", "--json", "--no-pager") or "[]"):
         for exp in baseline.get("experiments") or []:
@@ -85,9 +90,20 @@ def experiments(root: Path) -> dict[str, Experiment]:
             executor = exp.get("executor") or {}
             rev = revs[0].get("rev")
             state = executor.get("state")
-            out[name] = Experiment(name, rev if state not in PENDING else None, state,
-                                   (executor.get("local") or {}).get("log"))
+            record = Experiment(name, rev if state not in PENDING else None, state,
+                                (executor.get("local") or {}).get("log"))
+            if name not in out or _RANK.get(state, 3) < _RANK.get(out[name].state, 3):
+                out[name] = record
     return out
+
+
+def workers_active(root: Path) -> bool:
+    """Whether a queue worker is alive (`dvc queue status` ends with "Worker status: N active, ...")."""
+    text = dvc(root, "queue", "status", check=False)
+    for line in text.splitlines():
+        if line.startswith("Worker status:"):
+            return not line.split(":", 1)[1].strip().startswith("0 active")
+    return False
 
 
 def read(root: Path, rev: str, path: str) -> str | None:
@@ -100,22 +116,30 @@ def queue(root: Path, name: str, overrides: dict) -> None:
     """Queue one experiment: params.yaml with the dotted ``overrides`` set (each value as YAML)."""
     args = ["exp", "run", "--queue", "--name", name]
     for key, value in overrides.items():
-        args += ["-S", f"{key}={json.dumps(value)}"]  # JSON is YAML: strings stay strings ("none")
+        # JSON is YAML: strings stay strings ("none"); non-ASCII as itself, not as \\u escapes
+        args += ["-S", f"{key}={json.dumps(value, ensure_ascii=False)}"]
     dvc(root, *args)
 
 
 def remove(root: Path, names: list[str]) -> None:
-    if names:
-        dvc(root, "exp", "remove", *names, check=False)
-        dvc(root, "queue", "remove", *names, check=False)
+    """Remove experiments (finished or failed) by name, one at a time so one that DVC does not
+    know does not keep the others."""
+    for name in names:
+        dvc(root, "exp", "remove", name, check=False)
+        dvc(root, "queue", "remove", name, check=False)
+    left = [n for n, e in experiments(root).items() if n in names and e.state not in PENDING]
+    if left:
+        raise ExperimentError(f"dvc exp remove {left[0]}: could not remove the stale experiment; remove it by hand")
 
 
 def start(root: Path, jobs: int) -> None:
     dvc(root, "queue", "start", "--jobs", str(jobs))
 
 
-def wait(root: Path, names: list[str], *, poll_s: float = 5.0, progress=None) -> dict[str, Experiment]:
-    """Block until none of ``names`` is queued or running; returns their records."""
+def wait(root: Path, names: list[str], *, jobs: int = 1, poll_s: float = 5.0, progress=None) -> dict[str, Experiment]:
+    """Block until none of ``names`` is queued or running; returns their records. A queue left
+    without a live worker (stopped, crashed, a reboot) is started again."""
+    idle = 0
     while True:
         found = experiments(root)
         pending = [n for n in names if n in found and found[n].state in PENDING]
@@ -123,6 +147,10 @@ def wait(root: Path, names: list[str], *, poll_s: float = 5.0, progress=None) ->
             progress(len(names) - len(pending), len(names))
         if not pending:
             return {n: found[n] for n in names if n in found}
+        idle = 0 if workers_active(root) else idle + 1
+        if idle >= 3:  # three polls in a row without a worker: not a worker between two tasks
+            start(root, jobs)
+            idle = 0
         time.sleep(poll_s)
 
 

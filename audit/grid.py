@@ -20,6 +20,11 @@ PREFIX = "sens-"  # experiment names: sens-reference, sens-<factor>-<level>
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # safe as part of a git ref and a file name
 
 
+def _bad_name(name: str) -> bool:
+    # git refuses ".." anywhere, a trailing "." and ".lock" in a ref name
+    return not _NAME.match(name) or ".." in name or name.endswith((".", ".lock"))
+
+
 @dataclass(frozen=True)
 class Setting:
     factor: str | None  # None for the reference
@@ -48,6 +53,11 @@ def apply(raw: dict, overrides: dict[str, Any], where: str) -> dict:
                 known = ", ".join(map(str, node)) if isinstance(node, dict) else "(not a section)"
                 raise ValueError(f"{where}: unknown params key {key!r} ({'.'.join(parts[:i + 1])!r} not in: {known})")
             if i == len(parts) - 1:
+                if isinstance(value, dict) and value:
+                    # DVC merges a mapping given with -S into the section, this would replace it:
+                    # the two must not disagree, so only leaves (dotted keys) or {} are set.
+                    raise ValueError(f"{where}: {key}: set its keys one by one ({key}.<name>: value), "
+                                     f"not a mapping")
                 node[part] = copy.deepcopy(value)
             else:
                 node = node[part]
@@ -80,13 +90,14 @@ def settings(params) -> list[Setting]:
     seen: dict[str, str] = {}
     for factor, levels in sens.factors.items():
         where = f"sensitivity.factors.{factor}"
-        if not _NAME.match(factor):
+        if _bad_name(factor):
             raise ValueError(f"{where}: a factor name may hold letters, digits and _ . + - only")
         if not isinstance(levels, dict) or len(levels) < 2:
             raise ValueError(f"{where}: expected a mapping of at least two levels, got {levels!r}")
+        kept = 0
         for level, over in levels.items():
             at = f"{where}.{level}"
-            if not _NAME.match(level):
+            if _bad_name(level):
                 raise ValueError(f"{at}: a level name may hold letters, digits and _ . + - only")
             if not isinstance(over, dict):
                 raise ValueError(f"{at}: expected a mapping of dotted params keys to values, got {over!r}")
@@ -98,17 +109,15 @@ def settings(params) -> list[Setting]:
             if key in seen:
                 raise ValueError(f"{at}: the same setting as {seen[key]}")
             seen[key] = at
-            out.append(Setting(factor, level, overrides, built))
+            setting = Setting(factor, level, overrides, built)
+            clash = next((o for o in out if o.name == setting.name), None)
+            if clash is not None:
+                raise ValueError(f"{at}: its experiment name {setting.name} is that of {clash.label} too; rename one")
+            out.append(setting)
+            kept += 1
+        if not kept:
+            raise ValueError(f"{where}: every level equals the reference, so the factor varies nothing")
     return out
-
-
-def reference_levels(params) -> dict[str, str | None]:
-    """Per factor, the level that equals the reference (None where no level does)."""
-    found = {}
-    listed = {(s.factor, s.level) for s in settings(params)}
-    for factor, levels in params.sensitivity.factors.items():
-        found[factor] = next((lv for lv in levels if (factor, lv) not in listed), None)
-    return found
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

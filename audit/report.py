@@ -88,9 +88,9 @@ def _figures(table: pd.DataFrame, barriers: pd.DataFrame, params: Params, out: P
     central = [m for m in ("hierarchical", "mergemany") if m in methods]
     others = [m for m in methods if m not in central]
     base_median = acc[acc.kind == "base"].value.median()
-    panels = [(central, "hierarchical vs MergeMany")] + ([(others, " / ".join(others))] if others else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(11, 4.2), squeeze=False,
-                             gridspec_kw={"width_ratios": [2, 1][:len(panels)]})
+    panels = [(group, " vs ".join(group)) for group in (central, others) if group]
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(11, 4.2), squeeze=False,
+                             gridspec_kw={"width_ratios": [2, 1][:max(len(panels), 1)]})
     for ax, (group, title) in zip(axes[0], panels):
         width = 0.8 / max(len(group), 1)
         for i, m in enumerate(group):
@@ -155,7 +155,9 @@ def _figures(table: pd.DataFrame, barriers: pd.DataFrame, params: Params, out: P
         ax.set_xticks([0, *[int(d) for d in depths]])
         ax.set_xlabel("merge depth (0 = unmerged)")
         ax.set_ylabel(label)
-        ax.set_yscale("log" if metric.startswith("lipschitz") else "linear")
+        drawn = [v for line in ax.get_lines() for v in line.get_ydata() if np.isfinite(v)]
+        log = metric.startswith("lipschitz") and drawn and min(drawn) > 0  # log needs positive data
+        ax.set_yscale("log" if log else "linear")
         ax.set_title(label.split(" (")[0])
     axes[0].legend(fontsize=8)
     save(fig, "norms_by_stage")
@@ -317,10 +319,13 @@ def scope_paragraph(params: Params, prov: dict, n_models: int) -> str:
             f"(at most {m.mergemany_max_iter} passes), beside naive averaging, on identical groups of "
             f"{', '.join(str(2 ** d) for d in range(1, z.depth + 1))} models from {z.pools} pool(s) of "
             f"{z.pool_size} base models ({n_models} models evaluated, merge seeds {list(m.seeds)}). "
-            f"**Differs from the paper:** data set {data} (the paper: CIFAR-10, 1600 MLPs); MLP {arch} "
-            f"(the paper: 512-512-512-256); training {t.optimizer} lr {t.lr:g}, {t.epochs} epochs, batch "
-            f"{t.batch_size}, weight decay {t.weight_decay:g}, input normalization {z.input_norm} as a fixed layer "
-            f"inside each model; attacks in [0, 1] pixel space with eps in pixel units (FGSM L-inf; DeepFool L2, "
+            f"**Differs from the paper:** data set {data}" + ("" if data == "cifar10" else " (the paper: CIFAR-10)")
+            + f", {n_models} models (the paper: 1600 MLPs); MLP {arch}"
+            + ("" if arch == "512-512-512-256" else " (the paper: 512-512-512-256)") + "; "
+            + (f"models imported from {z.import_.path} (their training is not known here)" if z.source == "import"
+               else f"training {t.optimizer} lr {t.lr:g}, {t.epochs} epochs, batch {t.batch_size}, weight decay "
+                    f"{t.weight_decay:g}")
+            + f", input normalization {z.input_norm} as a fixed layer inside each model; attacks in [0, 1] pixel space with eps in pixel units (FGSM L-inf; DeepFool L2, "
             f"overshoot {params.eval.metrics.deepfool_overshoot:g}, robust accuracy at eps = share of samples whose "
             f"minimal perturbation exceeds eps, the foolbox convention); robust accuracy counts samples correct and "
             f"still correct under attack, over all test samples.")
@@ -446,12 +451,12 @@ def _limitations(params: Params, catalog: pd.DataFrame) -> list[str]:
 
 
 def _md_table(rows: list[list[str]]) -> list[str]:
-    esc = [[str(c).replace("|", "\\|") for c in r] for r in rows]
+    esc = [[" ".join(str(c).split()).replace("|", "\\|") for c in r] for r in rows]  # one line per row
     return ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(esc[0])] + ["| " + " | ".join(r) + " |" for r in esc[1:]]
 
 
 _VERDICT = re.compile(r"\[\[verdict:([a-z ]+):([^\]]*)\]\]")
-_LINK = re.compile(r"\[([^\]]+)\]\(((?:https?|file)://[^)\s]+)\)")
+_LINK = re.compile(r"\[([^\]]+)\]\(((?:https?|file)://[^)\s\"'<>]+)\)")
 
 
 def markdown_text(md_lines: list[str]) -> list[str]:
@@ -543,8 +548,17 @@ def markdown_html(md_lines: list[str], figs: dict[str, Path], title: str = "reba
 
 
 def _inline(text: str) -> str:
+    out, last = [], 0
+    for m in _LINK.finditer(text):
+        out.append(_inline_plain(text[last:m.start()]))
+        out.append(f'<a href="{html.escape(m.group(2), quote=True)}">{_inline_plain(m.group(1))}</a>')
+        last = m.end()
+    out.append(_inline_plain(text[last:]))
+    return "".join(out)
+
+
+def _inline_plain(text: str) -> str:
     out = html.escape(text, quote=False)
-    out = _VERDICT.sub(lambda m: f'<span class="verdict {m.group(1)}">{m.group(2)}</span>', out)
-    out = _LINK.sub(lambda m: f'<a href="{m.group(2)}">{m.group(1)}</a>', out)
     parts = out.split("**")
-    return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+    out = "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+    return _VERDICT.sub(lambda m: f'<span class="verdict {m.group(1)}">{m.group(2)}</span>', out)

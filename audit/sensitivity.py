@@ -58,11 +58,14 @@ def label(verdicts: Iterable[str], by_construction: bool = False) -> str:
 
 
 def labels(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per claim: its label, and the settings behind each decisive verdict."""
+    """Per claim: its label, and the settings behind each decisive verdict. A setting with results
+    in which the claim is absent counts as "not measured" there (so it cannot be shown stable)."""
+    settings = list(dict.fromkeys(frame.setting))
     out = []
     for claim, g in frame.groupby("claim", sort=False):
         by_setting = dict(zip(g.setting, g.verdict))
-        out.append({"claim": claim, "label": label(g.verdict, bool(g.by_construction.all())),
+        verdicts = [by_setting.get(s, "not measured") for s in settings]
+        out.append({"claim": claim, "label": label(verdicts, bool(g.by_construction.all())),
                     **{f"{v}_in": ", ".join(s for s, w in by_setting.items() if w == v) for v in DECISIVE}})
     return pd.DataFrame(out)
 
@@ -87,11 +90,15 @@ def collect(settings, read_claims: Callable[[object], list[dict] | None]) -> tup
 def cell(row) -> str:
     """A wide table's cell: verdict initial, effect and CI (metric units)."""
     v = SHORT.get(row.verdict, "-")
-    if row.effect is None or pd.isna(row.effect):
+    if _missing(row.effect):
         return v
     lo, hi = row.ci_low, row.ci_high
-    ci = "" if lo is None or pd.isna(lo) else f" [{lo:+.3g}, {hi:+.3g}]"
+    ci = "" if _missing(lo) or _missing(hi) else f" [{lo:+.3g}, {hi:+.3g}]"
     return f"{v} {row.effect:+.3g}{ci}"
+
+
+def _missing(x) -> bool:
+    return x is None or pd.isna(x)
 
 
 def wide(frame: pd.DataFrame) -> pd.DataFrame:

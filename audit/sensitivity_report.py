@@ -63,8 +63,9 @@ def paragraphs(frame: pd.DataFrame) -> list[str]:
             h = g[g.verdict == v]
             if len(h):
                 parts.append(f"{v} under " + ", ".join(
-                    f"{r.setting} ({r.effect:+.3g} [{r.ci_low:+.3g}, {r.ci_high:+.3g}])" if pd.notna(r.effect)
-                    and pd.notna(r.ci_low) else r.setting for r in h.itertuples()))
+                    f"{r.setting} ({r.effect:+.3g} [{r.ci_low:+.3g}, {r.ci_high:+.3g}])"
+                    if all(x is not None and pd.notna(x) for x in (r.effect, r.ci_low, r.ci_high))
+                    else r.setting for r in h.itertuples()))
         first = g.iloc[0]
         out.append(f"**{claim}** ({first.source}: \"{first.quote}\") is setting-dependent: " + "; ".join(parts)
                    + f". Effects are {first.metric} on the first tested unit ({first.unit}).")
@@ -88,6 +89,9 @@ def write(root: Path, frame: pd.DataFrame, meta: dict) -> Path:
           "", "Labels: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in counts.index) + ".", ""]
     if meta.get("skipped"):
         md += ["Not run: " + "; ".join(f"{k} ({v})" for k, v in meta["skipped"].items()), ""]
+    if meta.get("missing"):
+        md += ["**No results from:** " + ", ".join(meta["missing"]) + " (failed or not finished; their claims count "
+               "as not measured there, so none of them can be stable).", ""]
     md += ["## Verdicts by setting", "", "![heatmap](heatmap.png)", "",
            "*Each cell: the claim's verdict in that setting; the number is the effect of its first tested unit.*", ""]
     dependent = paragraphs(frame)

@@ -424,6 +424,7 @@ def test_units_to_decide_detect_the_observed_effect_with_the_stated_power():
     (lambda t: t.assign(depth=t.depth.where(t.kind != "merged", t.depth + 3)), "depth 4 does not fit the pool layout (zoo.depth 3"),
     (lambda t: t.assign(group=t.group.where(t.kind != "merged", t.group + 4)), "group 4 at depth 1 does not fit"),
     (lambda t: t.assign(seed=t.seed.where(t.kind != "base", t.seed + 100)), "base seed 100 is not in pool 0"),
+    (lambda t: pd.concat([t, t.iloc[:1]]), "model 'base/p0/s0', metric 'clean_accuracy' at eps nan appears twice"),
 ])
 def test_an_evaluation_table_that_does_not_fit_is_one_line_naming_it(tmp_path, edit, message):
     from audit.evaluation_table import TableError, read_evaluation

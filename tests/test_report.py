@@ -70,7 +70,7 @@ def test_report_has_verdicts_figures_notes_and_provenance(run_dir):
                        "robustness_by_stage.png"]
     assert "Differs from the paper" in md or "Agrees" in md
     assert '"dvc_lock_sha256"' in md and '"versions"' in md
-    assert "**Differs from the paper:** data set digits (the paper: CIFAR-10, 1600 MLPs)" in md
+    assert "**Differs from the paper:** data set digits (the paper: CIFAR-10), 153 models (the paper: 1600 MLPs)" in md
     html = html_path.read_text()
     assert html.count("data:image/png;base64,") == 5 and "<table id=summary>" in html
     assert html.count("<details>") == 2 and not list((root / "reports/audit").rglob(".*.tmp"))
@@ -146,9 +146,20 @@ def test_html_renders_in_headless_chromium_with_every_image(run_dir, tmp_path):
     out = _chromium(tmp_path, "--dump-dom", harness.as_uri())
     assert out.returncode == 0, out.stderr[-2000:]
     title = out.stdout[out.stdout.index("<title>") + 7:out.stdout.index("</title>")]
-    width, scroll_width = title.split(";")[0].removeprefix("width ").split("/")
-    assert int(width) <= int(scroll_width), f"horizontal overflow at 1280 px: {title}"
+    scroll_width, client_width = title.split(";")[0].removeprefix("width ").split("/")
+    assert int(scroll_width) <= int(client_width) <= 1280, f"horizontal overflow at 1280 px: {title}"
     assert "images 5/5" in title and "tables 2" in title and "summary first true" in title, title
     shot = tmp_path / "report-1280.png"
     out = _chromium(tmp_path, "--window-size=1280,2400", "--hide-scrollbars", f"--screenshot={shot}", html_path.as_uri())
     assert out.returncode == 0 and shot.stat().st_size > 10_000, out.stderr[-2000:]
+
+
+def test_registry_text_cannot_inject_html(tmp_path):
+    from audit.report import markdown_html
+
+    evil = 'see [x](https://e.com/"onmouseover="alert(1)) and <script>alert(2)</script> **b**'
+    page = markdown_html([evil, "| a | b |", "|---|---|", f"| {evil} | [[verdict:supported:ok]] |"], {})
+    assert "<script>alert(2)" not in page and "<a " not in page  # no tag from user text: the quote ends no attribute
+    assert '<span class="verdict supported">ok</span>' in page and "<b>b</b>" in page
+    good = markdown_html(["[run](http://127.0.0.1:5000/#/experiments/1/runs/ab)"], {})
+    assert '<a href="http://127.0.0.1:5000/#/experiments/1/runs/ab">run</a>' in good

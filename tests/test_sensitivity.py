@@ -58,6 +58,11 @@ def test_the_default_grid_varies_one_factor_at_a_time_from_the_scaled_reference(
      "sensitivity.factors.norm.b: the same setting as sensitivity.factors.norm.a"),
     ({"scale": {}, "factors": {"bad name": {"a": {}, "b": {}}}}, "sensitivity.factors.bad name: a factor name"),
     ({"scale": {}, "factors": {}, "job": 2}, "sensitivity.job: unknown key"),
+    ({"scale": {}, "factors": {"a-b": {"c": {}, "d": {"zoo.input_norm": "none"}},
+                               "a": {"x": {}, "b-d": {"zoo.pools": 2}}}},
+     "sensitivity.factors.a-b.d: its experiment name sens-a-b-d is that of a=b-d too"),  # (keys sorted)
+    ({"scale": {"zoo.train": {"lr": 0.1}}, "factors": {}}, "sensitivity.scale: zoo.train: set its keys one by one"),
+    ({"scale": {}, "factors": {"x..y": {"a": {}, "b": {}}}}, "sensitivity.factors.x..y: a factor name"),
 ])
 def test_a_bad_sensitivity_section_is_one_line_naming_it(tmp_path, section, message):
     path = params_with(tmp_path, section)
@@ -157,3 +162,20 @@ def test_collect_reports_settings_without_results():
                              lambda s: by_setting.get(s.label))
     assert missing == ["gone"] and set(frame.setting) == {"reference"}
     assert np.isfinite(frame.effect).all()
+
+
+def test_a_setting_without_a_claim_keeps_it_from_being_stable():
+    by_setting = grid_claims({"reference": -0.01, "other": -0.01})
+    by_setting["other"] = [c for c in by_setting["other"] if c["id"] != "naive-worse"]
+    frame, _ = collect([FakeSetting(n) for n in by_setting], lambda s: by_setting[s.label])
+    lab = frame.groupby("claim").label.first()
+    assert lab["naive-worse"] == "unsettled" and lab["trend-falls"] == "stable"
+
+
+def test_a_cell_with_half_an_interval_prints_no_interval():
+    from types import SimpleNamespace
+
+    from audit.sensitivity import cell
+
+    assert cell(SimpleNamespace(verdict="supported", effect=0.5, ci_low=0.1, ci_high=None)) == "S +0.5"
+    assert cell(SimpleNamespace(verdict="inconclusive", effect=float("nan"), ci_low=None, ci_high=None)) == "I"
