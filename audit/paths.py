@@ -36,3 +36,4 @@ REPORT_DIR = Path("reports/audit")
 
 def pool_dir(root: Path, pool: int) -> Path:
     return root / ZOO_DIR / f"pool-{pool}"
+SENSITIVITY_DIR = Path("results/sensitivity")  # the confound map's tables (audit sensitivity); a dep of the report

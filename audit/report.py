@@ -24,7 +24,8 @@ from . import __version__
 from .claims import verdict_reading
 from .config import PRESETS, Params, UserError, to_dict
 from .methods import METHODS
-from .paths import REPORT_DIR
+from .paths import REPORT_DIR, SENSITIVITY_DIR
+from .sensitivity import from_json, heatmap_png, paragraphs
 from .storage import atomic_write_bytes
 
 # Merge methods take their colours from the registry; base models and the shipped baselines' here.
@@ -331,6 +332,22 @@ def scope_paragraph(params: Params, prov: dict, n_models: int) -> str:
             f"still correct under attack, over all test samples.")
 
 
+def _confound_map(root: Path, fig_dir: Path):
+    """(long table, meta, heatmap path) from results/sensitivity/sensitivity.json, or None."""
+    path = root / SENSITIVITY_DIR / "sensitivity.json"
+    if not path.exists():
+        return None
+    try:
+        frame, meta = from_json(path.read_text())
+    except (ValueError, KeyError) as e:
+        raise ReportError(f"{path}: unreadable confound map ({e}); rerun audit sensitivity") from None
+    if frame.empty:
+        return None
+    fig = fig_dir / "confound_map.png"
+    atomic_write_bytes(fig, heatmap_png(frame))
+    return frame, meta, fig
+
+
 FIGURE_TITLES = {
     "accuracy_by_method": "Fig. 3: clean accuracy, hierarchical vs MergeMany",
     "robustness_by_stage": "Fig. 4: robustness by stage",
@@ -361,6 +378,8 @@ CAPTIONS = {
     "norms_by_stage": "Weight norm and Lipschitz upper bounds by merge depth: hierarchical, MergeMany and naive "
                       "averaging of the identical groups (paper's Fig. 5); bands: 95% CI.",
     "barriers": "Loss and accuracy along the linear path between two base models, naive and after weight matching.",
+    "confound_map": "Each claim's verdict in each setting of the sensitivity grid (blue supported, orange "
+                    "contradicted, purple mixed, grey inconclusive); the number is the effect of its first tested unit.",
     "robust_vs_clean": "Each model's FGSM robust accuracy against its clean accuracy: points near the diagonal "
                        "lose little to the attack; a shift along the diagonal is lost clean accuracy.",
 }
@@ -396,6 +415,16 @@ def build_report(root: Path, params: Params) -> Path:
 
     out = root / REPORT_DIR
     figs = _figures(table, barriers, params, out / "figures")
+    confound = _confound_map(root, out / "figures")  # the sensitivity grid's results, where collected
+    if confound is not None:
+        figs["confound_map"] = confound[2]
+        dependent = confound[0][confound[0].label == "setting-dependent"].groupby("claim", sort=False)
+        for cid, g in dependent:
+            if cid in verdicts:
+                where = "; ".join(f"{v} under {', '.join(g[g.verdict == v].setting)}"
+                                  for v in ("supported", "contradicted", "mixed") if (g.verdict == v).any())
+                note = f"setting-dependent in the confound map ({where})"
+                verdicts[cid]["caveat"] = "; ".join(x for x in (verdicts[cid].get("caveat"), note) if x)
     prov = provenance(root, params, catalog)
     counts = pd.Series([v["verdict"] for v in verdict_list]).value_counts()
     n_models = len(catalog)
@@ -414,8 +443,19 @@ def build_report(root: Path, params: Params) -> Path:
     md += ["## Scope", "", scope_paragraph(params, prov, n_models), ""]
     md += ["## Figures and the claims they test", ""]
     for name, path in figs.items():
+        if name == "confound_map":
+            continue  # its own section, after the figures
         md += [f"### {FIGURE_TITLES[name]}", "", f"![{name}](figures/{path.name})", "", f"*{CAPTIONS[name]}*", ""]
         md += [f"> {n}" for n in _notes_for(name, verdicts)] + [""]
+    if confound is not None:
+        frame, meta, _ = confound
+        md += ["## The confound map: does each verdict survive the setting?", "",
+               f"From `audit sensitivity` ({len(set(frame.setting))} settings, each a DVC experiment on baseline commit "
+               f"{str(meta.get('baseline', '?'))[:10]}, one factor varied at a time from the reference at the reduced "
+               f"scale {', '.join(f'{k}={v}' for k, v in meta.get('scale', {}).items()) or '(none)'}; "
+               "reports/sensitivity/ has its table).", "", "![confound_map](figures/confound_map.png)", "",
+               f"*{CAPTIONS['confound_map']}*", ""]
+        md += [x for para in paragraphs(frame) for x in (para, "")] or ["No claim is setting-dependent.", ""]
     md += ["## Detailed tables", "", f"::: details Every test ({len(claims)} rows)"]
     md += _md_table(_claims_table(claims, verdict_list)) + [":::", ""]
     if not compare.empty:

@@ -17,6 +17,7 @@ change), in the metric's units, with the bootstrap CI its claims table reports.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable, Iterable
 
@@ -110,6 +111,70 @@ def wide(frame: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
+def from_json(text: str) -> tuple[pd.DataFrame, dict]:
+    """results/sensitivity/sensitivity.json back as (the long table, its meta)."""
+    obj = json.loads(text)
+    rows = obj.pop("rows")
+    return pd.DataFrame(rows), obj
+
+
 def to_json(frame: pd.DataFrame, meta: dict) -> str:
     records = json.loads(frame.to_json(orient="records"))
     return json.dumps({**meta, "rows": records}, indent=1, sort_keys=True) + "\n"
+
+
+# Verdict colours of the heatmap (colour-blind safe: blue / orange / purple, greys for no decision).
+COLOURS = {"supported": "#2b83ba", "contradicted": "#e66101", "mixed": "#8e44ad", "inconclusive": "#d9d9d9",
+           "not measured": "#ffffff"}
+
+
+def heatmap_png(frame: pd.DataFrame) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgb
+
+    claims = list(dict.fromkeys(frame.claim))
+    settings = list(dict.fromkeys(frame.setting))
+    cell = {(r.claim, r.setting): r for r in frame.itertuples()}
+    grid = [[to_rgb(COLOURS.get(cell[(c, s)].verdict, "#ffffff")) if (c, s) in cell else (1, 1, 1)
+             for s in settings] for c in claims]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.15 * len(settings), 1.0 + 0.32 * len(claims)))
+    ax.imshow(grid, aspect="auto")
+    for i, c in enumerate(claims):
+        for j, s in enumerate(settings):
+            r = cell.get((c, s))
+            if r is not None and r.effect is not None and pd.notna(r.effect):
+                ax.text(j, i, f"{r.effect:+.2g}", ha="center", va="center", fontsize=7)
+    labels = frame.groupby("claim", sort=False).label.first()
+    ax.set_yticks(range(len(claims)), [f"{c}  [{labels[c]}]" for c in claims], fontsize=7)
+    ax.set_xticks(range(len(settings)), settings, rotation=35, ha="right", fontsize=8)
+    handles = [plt.Rectangle((0, 0), 1, 1, facecolor=v, edgecolor="#888") for v in COLOURS.values()]
+    ax.legend(handles, list(COLOURS), loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.5 / max(len(claims), 1)),
+              ncol=len(COLOURS), fontsize=7, frameon=False)
+    ax.set_title("Verdict by setting (cell: effect of the first tested unit, metric units)", fontsize=9)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")  # room for the long claim names
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def paragraphs(frame: pd.DataFrame) -> list[str]:
+    """One paragraph per setting-dependent claim: which settings give which verdict, with effects."""
+    out = []
+    for claim, g in frame.groupby("claim", sort=False):
+        if g.label.iloc[0] != "setting-dependent":
+            continue
+        parts = []
+        for v in DECISIVE + ("inconclusive",):
+            h = g[g.verdict == v]
+            if len(h):
+                parts.append(f"{v} under " + ", ".join(
+                    f"{r.setting} ({r.effect:+.3g} [{r.ci_low:+.3g}, {r.ci_high:+.3g}])"
+                    if all(x is not None and pd.notna(x) for x in (r.effect, r.ci_low, r.ci_high))
+                    else r.setting for r in h.itertuples()))
+        first = g.iloc[0]
+        out.append(f"**{claim}** ({first.source}: \"{first.quote}\") is setting-dependent: " + "; ".join(parts)
+                   + f". Effects are {first.metric} on the first tested unit ({first.unit}).")
+    return out

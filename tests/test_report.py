@@ -163,3 +163,33 @@ def test_registry_text_cannot_inject_html(tmp_path):
     assert '<span class="verdict supported">ok</span>' in page and "<b>b</b>" in page
     good = markdown_html(["[run](http://127.0.0.1:5000/#/experiments/1/runs/ab)"], {})
     assert '<a href="http://127.0.0.1:5000/#/experiments/1/runs/ab">run</a>' in good
+
+
+def test_a_collected_confound_map_joins_the_report(run_dir, tmp_path):
+    """results/sensitivity/sensitivity.json (audit sensitivity's output, a dep of the report stage)
+    adds the heatmap, a paragraph per setting-dependent claim and that caveat in the summary."""
+    import pandas as pd
+
+    from audit.sensitivity_report import write
+
+    root, params = run_dir
+    copy = tmp_path / "run"
+    shutil.copytree(root, copy)
+    rows = [{"setting": s, "claim": c, "verdict": v, "unit": "slope", "n": 3, "effect": e, "ci_low": e - 0.01,
+             "ci_high": e + 0.01, "metric": "fgsm_robust_accuracy", "by_construction": False, "caveat": "",
+             "quote": "q", "source": "src", "factor": "", "level": "", "experiment": "sens-x", "label": lab}
+            for c, lab, cells in (("F4-fgsm-robustness-grows-with-depth", "setting-dependent",
+                                   (("reference", "contradicted", -0.02), ("input_norm=none", "supported", 0.03))),
+                                  ("F1-hierarchical-beats-mergemany", "undecided",
+                                   (("reference", "inconclusive", 0.0), ("input_norm=none", "inconclusive", 0.001))))
+            for s, v, e in cells]
+    write(copy, pd.DataFrame(rows), {"baseline": "0123456789abcdef", "scale": {"zoo.pools": 3}})
+    page = build_report(copy, params).read_text()
+    md = (copy / "reports/audit/report.md").read_text()
+    assert md.index("## The confound map") > md.index("## Figures") and md.index("## The confound map") < md.index("## Detailed tables")
+    assert "baseline commit 0123456789" in md and "![confound_map](figures/confound_map.png)" in md
+    para = [ln for ln in md.splitlines() if ln.startswith("**F4-fgsm-robustness-grows-with-depth**")]
+    assert len(para) == 1 and "supported under input_norm=none" in para[0]
+    assert "setting-dependent in the confound map (supported under input_norm=none; contradicted under reference)" in page
+    assert page.count("data:image/png;base64,") == 6
+

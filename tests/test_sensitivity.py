@@ -140,9 +140,9 @@ def test_a_planted_dependence_is_setting_dependent_and_a_planted_constant_stable
     para = [ln for ln in md.splitlines() if ln.startswith("**trend-falls**")]
     assert len(para) == 1 and "supported under reference" in para[0] and "contradicted under rises" in para[0]
     assert not any(ln.startswith("**naive-worse**") for ln in md.splitlines())  # stable: no paragraph
-    saved = pd.read_csv(tmp_path / "results/sensitivity.csv")
+    saved = pd.read_csv(tmp_path / "results/sensitivity/sensitivity.csv")
     assert len(saved) == 9 and set(saved.label) == {"setting-dependent", "stable", "undecided"}
-    assert json.loads((tmp_path / "results/sensitivity.json").read_text())["baseline"] == "abc"
+    assert json.loads((tmp_path / "results/sensitivity/sensitivity.json").read_text())["baseline"] == "abc"
 
 
 def test_a_constant_effect_is_not_called_setting_dependent_across_replications():

@@ -137,7 +137,7 @@ def test_each_setting_is_a_dvc_experiment_that_keeps_its_metrics_and_verdicts(pr
         pair = {r["verdict"] for r in rows if r["claim"] == claim}
         if label == "stable":
             assert len(pair) == 1 and pair <= {"supported", "contradicted", "mixed"}
-    assert (root / "reports/sensitivity/report.html").exists() and (root / "results/sensitivity.csv").exists()
+    assert (root / "reports/sensitivity/report.html").exists() and (root / "results/sensitivity/sensitivity.csv").exists()
 
 
 def test_the_reference_experiment_gives_the_verdicts_of_a_plain_run(project):
