@@ -47,9 +47,9 @@ def audit(root, *args, **kw):
     return sh(root, AUDIT, *args, **kw)
 
 
-def git_project(root, *scale_overrides: dict):
+def git_project(root, *scale_overrides: dict, factors: dict | None = None):
     """A git + DVC copy of the project (its files as they are, tests aside) on the tiny preset, whose
-    grid is input_norm dataset | none; ``scale_overrides`` join the grid's scale."""
+    grid is input_norm dataset | none (or ``factors``); ``scale_overrides`` join the grid's scale."""
     tracked = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                              capture_output=True, text=True, check=True).stdout.split("\0")
     for rel in filter(None, tracked):
@@ -60,6 +60,8 @@ def git_project(root, *scale_overrides: dict):
     params = yaml.safe_load((REPO / "params" / "tiny.yaml").read_text())
     for o in scale_overrides:
         params["sensitivity"]["scale"].update(o)
+    if factors is not None:
+        params["sensitivity"]["factors"] = factors
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(root, "git", "init", "-q")
     dvc(root, "config", "core.analytics", "false")
