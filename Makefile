@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: setup test test-fast repro ui bench
+.PHONY: setup test test-fast repro sensitivity ui bench
 
 setup:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || \
@@ -34,6 +34,11 @@ repro: setup
 	@echo "         results/claims.csv (verdicts), results/compare.csv, results/barriers.csv, metrics/*.json (dvc metrics show), results/plots/ (dvc plots show)"
 	@echo "Models:  models/ (safetensors, tracked by DVC)"
 	@echo "MLflow:  make ui  ->  http://127.0.0.1:5000"
+
+# The confound map: every setting of params.yaml's sensitivity section as a DVC experiment, then the
+# claim x setting table (README, "The confound map"); resumes where an earlier call stopped.
+sensitivity: setup
+	$(UV) run --frozen audit sensitivity
 
 ui: setup
 	$(UV) run --frozen audit ui
