@@ -83,7 +83,17 @@ def experiments(root: Path) -> dict[str, Experiment]:
     """The experiments whose baseline is HEAD, by name. Where a name has several records (a
     failed run beside its rerun), the one that is pending or finished counts over a failed one."""
     out = {}
-    for baseline in json.loads(dvc(root, "exp", "show", "--json", "--no-pager") or "[]"):
+    for attempt in range(5):
+        try:
+            shown = dvc(root, "exp", "show", "--json", "--no-pager")
+            break
+        except ExperimentError:
+            # `dvc exp show` can fail while the queue creates or cleans an experiment's workspace
+            # ("directory .dvc/tmp/exps/tmp.../.dvc does not exist"): asked again, it answers
+            if attempt == 4:
+                raise
+            time.sleep(2.0)
+    for baseline in json.loads(shown or "[]"):
         for exp in baseline.get("experiments") or []:
             name = exp.get("name")
             revs = exp.get("revs") or [{}]
