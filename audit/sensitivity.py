@@ -151,9 +151,10 @@ def heatmap_png(frame: pd.DataFrame) -> bytes:
     ax.set_yticks(range(len(claims)), [f"{c}  [{labels[c]}]" for c in claims], fontsize=7)
     ax.set_xticks(range(len(settings)), settings, rotation=35, ha="right", fontsize=8)
     handles = [plt.Rectangle((0, 0), 1, 1, facecolor=v, edgecolor="#888") for v in COLOURS.values()]
-    ax.legend(handles, list(COLOURS), loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.5 / max(len(claims), 1)),
-              ncol=len(COLOURS), fontsize=7, frameon=False)
-    ax.set_title("Verdict by setting (cell: effect of the first tested unit, metric units)", fontsize=9)
+    # the legend above the grid, clear of the rotated setting names below it
+    ax.legend(handles, list(COLOURS), loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(COLOURS), fontsize=7,
+              frameon=False)
+    ax.set_title("Verdict by setting (cell: effect of the first tested unit, metric units)", fontsize=9, pad=20)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")  # room for the long claim names
     plt.close(fig)
