@@ -4,7 +4,6 @@ written atomically (audit.storage), so an interrupted write leaves the previous 
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pandas as pd

@@ -83,7 +83,7 @@ def test_repro_runs_every_stage_and_writes_the_tables(project):
     claims = pd.read_csv(root / "results/claims.csv")
     assert audit["claims"] == claims.id.nunique() >= 15
     assert audit["supported"] + audit["contradicted"] + audit["mixed"] + audit["inconclusive"] == audit["claims"]
-    assert "## Verdicts" in (root / "reports/audit/report.md").read_text()
+    assert "## Summary" in (root / "reports/audit/report.md").read_text()
     assert (root / "reports/audit/report.html").stat().st_size > 10_000
 
 

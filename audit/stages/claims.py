@@ -12,7 +12,8 @@ from ..claims import (VERDICTS, ClaimsError, NotMeasured, Results, check_claims,
 from ..compare import COLUMNS as COMPARE_COLUMNS, compare
 from ..config import METHODS, Params
 from ..evaluation_table import read_evaluation
-from ..paths import CLAIMS_CSV, CLAIMS_YAML, COMPARE_CSV, EVALUATION_CSV, METRICS_DIR, VERDICTS_JSON
+from ..paths import (CLAIMS_CSV, CLAIMS_YAML, COMPARE_CSV, EVALUATION_CSV, METRICS_DIR, SENSITIVITY_DIR,
+                     VERDICTS_JSON)
 from ..storage import atomic_write_json
 from .common import PipelineError, stage_main, tracker, write_csv
 
@@ -80,6 +81,9 @@ def run(params: Params, root: Path) -> dict:
         for path in (CLAIMS_CSV, VERDICTS_JSON, COMPARE_CSV):
             if (root / path).exists():
                 tr.log_artifact(root / path)
+    # The report stage reads the confound map's directory (a dep): it exists before any
+    # `audit sensitivity` too, also where results/ was cleared.
+    (root / SENSITIVITY_DIR).mkdir(parents=True, exist_ok=True)
     atomic_write_json(root / METRICS_DIR / "audit.json", summary)
     return summary
 

@@ -56,6 +56,10 @@ CASES = {
                   ({"resources": {"disk_margin_gib": "1G"}}, "resources.disk_margin_gib: expected a number, got '1G'"),
                   ({"resources": {"max_hours": -1}}, "resources.max_hours: must be > 0 or null, got -1.0"),
                   ({"resources": {"disk_margin_gib": None}}, "resources.disk_margin_gib: missing value; expected a number")],
+    "sensitivity": [({"sensitivity": {"factor": {}}}, "sensitivity.factor: unknown key (value {}); allowed: scale"),
+                    ({"sensitivity": {"jobs": "two"}}, "sensitivity.jobs: expected an integer, got 'two'"),
+                    ({"sensitivity": {"jobs": 0}}, "sensitivity.jobs: must be >= 1, got 0"),
+                    ({"sensitivity": {"scale": None}}, "sensitivity.scale: missing value; expected a mapping")],
 }
 KINDS = ("unknown key", "wrong type", "out of range", "missing value")
 
