@@ -19,7 +19,7 @@ import yaml
 
 from . import experiments as ex
 from .config import ConfigError, Params, UserError, params_from_dict, to_dict
-from .grid import Setting, settings
+from .grid import Setting, flat, settings
 
 
 class SensitivityError(UserError):
@@ -106,7 +106,8 @@ def stale_because(root: Path, rev: str, setting: Setting, overrides: dict) -> st
         return f"its params do not load ({str(e).splitlines()[0]})"
     had.pop("sensitivity", None), want.pop("sensitivity", None)
     if had != want:
-        diff = sorted(k for k in set(_flat(had)) | set(_flat(want)) if _flat(had).get(k) != _flat(want).get(k))
+        had_flat, want_flat = flat(had), flat(want)
+        diff = sorted(k for k in set(had_flat) | set(want_flat) if had_flat.get(k) != want_flat.get(k))
         return f"other params ({', '.join(diff[:3])})"
     if ex.read(root, rev, "dvc.yaml") != (root / "dvc.yaml").read_text():
         return "another dvc.yaml"
@@ -126,14 +127,6 @@ def stale_because(root: Path, rev: str, setting: Setting, overrides: dict) -> st
     if ex.read(root, rev, "results/claims.json") is None:
         return "no results/claims.json"
     return None
-
-
-def _flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        out.update(_flat(v, key) if isinstance(v, dict) else {key: repr(v)})
-    return out
 
 
 def run(params: Params, root: Path, *, jobs: int, execute: bool = True, echo=print, poll_s: float = 5.0,

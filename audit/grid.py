@@ -103,7 +103,7 @@ def settings(params) -> list[Setting]:
                 raise ValueError(f"{at}: expected a mapping of dotted params keys to values, got {over!r}")
             overrides = {**sens.scale, **over}
             built = build(overrides, at)
-            key = repr(sorted(_flat(to_dict(built)).items()))
+            key = repr(sorted(flat(to_dict(built)).items()))
             if to_dict(built) == reference_dict:
                 continue  # this factor's reference level: the reference experiment stands for it
             if key in seen:
@@ -120,12 +120,13 @@ def settings(params) -> list[Setting]:
     return out
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
+def flat(d: dict, prefix: str = "") -> dict:
+    """A nested params dict as {dotted key: repr(value)}, for comparing two settings key by key."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}.{k}" if prefix else str(k)
         if isinstance(v, dict):
-            out.update(_flat(v, key))
+            out.update(flat(v, key))
         else:
             out[key] = repr(v)
     return out
