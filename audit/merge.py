@@ -117,7 +117,7 @@ def merge_many(params_list: Sequence[Mapping[str, Tensor]], spec: PermutationSpe
     iteration = 0
     while not converged and iteration < max_iter:
         iteration += 1
-        changed, sweeps, solves, certified, skipped, seeds = [], 0, 0, 0, 0, []
+        changed, sweeps, solves, certified, exchanged, skipped, seeds = [], 0, 0, 0, 0, 0, []
         order = rng.permutation(n).tolist()
         for i in order:
             s = _child_seed(rng)
@@ -130,10 +130,12 @@ def merge_many(params_list: Sequence[Mapping[str, Tensor]], spec: PermutationSpe
                 terms[i] = SimilarityTerms(spec, others, params_list[i])
             else:
                 terms[i].retarget(others)
-            match = match_terms(terms[i], seed=s, max_iter=match_max_iter, init_perms=perms[i], warm=warm[i])
+            match = match_terms(terms[i], seed=s, max_iter=match_max_iter, init_perms=perms[i], warm=warm[i],
+                                absolute=False)  # only its perms are used
             sweeps += match.sweeps
             solves += match.solves
             certified += match.certified
+            exchanged += match.exchanged
             warm[i] = match.states
             if any(not torch.equal(match.perms[p], perms[i][p]) for p in perms[i]):
                 perms[i] = match.perms
@@ -143,7 +145,7 @@ def merge_many(params_list: Sequence[Mapping[str, Tensor]], spec: PermutationSpe
             settled[i] = moves if match.converged else None
         history.append({"order": [names[i] for i in order], "seeds": seeds, "changed": changed,
                         "inner_sweeps": sweeps, "inner_solves": solves, "inner_certified": certified,
-                        "skipped": skipped})
+                        "inner_exchanged": exchanged, "skipped": skipped})
         converged = not changed
     prov = {"method": "mergemany", "models": names, "seed": seed, "iterations": iteration,
             "converged": converged, "max_iter": max_iter, "history": history}

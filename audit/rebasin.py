@@ -127,10 +127,12 @@ class MatchResult:
     """Outcome of `weight_matching`.
 
     perms: int64 CPU vectors moving B onto A. objective: the objective after each sweep
-    (objective_init is the identity's). converged: stopped by the improvement rule, not max_iter.
-    solves: linear assignments actually solved (skipped ones not counted); certified: of those,
-    the ones a dual certificate settled without augmenting. states: each perm's last solver state
-    (assignment and duals, in B's unpermuted unit order), to warm-start a later matching.
+    (objective_init is the starting point's; see `match_terms` for gains only). converged:
+    stopped by the improvement rule, not max_iter. solves: linear assignments actually solved
+    (skipped ones not counted); certified: of those, the ones where a dual certificate proved
+    the previous assignment still optimal; exchanged: the ones it proved optimal after improving
+    exchanges, also without augmenting. states: each perm's last solver state (assignment and
+    duals, in B's unpermuted unit order), to warm-start a later matching.
     """
 
     perms: dict[str, Tensor]
@@ -141,6 +143,7 @@ class MatchResult:
     seed: int
     solves: int
     certified: int = 0
+    exchanged: int = 0
     states: dict[str, AssignmentState] = field(default_factory=dict, repr=False)
 
 
@@ -177,16 +180,20 @@ def weight_matching(spec: PermutationSpec, params_a: Mapping[str, Tensor], param
 
 def match_terms(terms: "SimilarityTerms", *, seed: int = 0, max_iter: int = 100,
                 init_perms: Mapping[str, Tensor] | None = None,
-                warm: Mapping[str, AssignmentState] | None = None) -> MatchResult:
+                warm: Mapping[str, AssignmentState] | None = None, absolute: bool = True) -> MatchResult:
     """`weight_matching` of the models ``terms`` holds. A caller matching one model B to a
     target that changes a little (MergeMany) keeps the terms and calls `SimilarityTerms.retarget`
-    between matchings, so the kept products are updated instead of recomputed."""
+    between matchings, so the kept products are updated instead of recomputed.
+
+    ``absolute=False`` skips evaluating the starting objective (a pass over every parameter):
+    ``objective_init`` is then 0 and ``objective`` holds the gains since the start, which is all
+    the stopping rule reads."""
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
     spec, dev = terms.spec, terms.device
     perms = {p: t.to(dev) for p, t in (init_perms or identity_perms(spec, terms.a)).items()}
 
-    solves = certified = 0  # linear assignments solved; of those, proven by a certificate
+    solves = certified = exchanged = 0  # assignments solved; of those, proven by a certificate (as they were / after exchanges)
     states: dict[str, AssignmentState] = dict(warm or {})
     changes = dict.fromkeys(perms, 0)  # how often each perm has moved
     seen: dict[str, dict[str, int]] = {}  # perm -> its neighbours' change counts when last solved
@@ -200,16 +207,17 @@ def match_terms(terms: "SimilarityTerms", *, seed: int = 0, max_iter: int = 100,
         sims = []
         for p in batch:
             seen[p] = {q: changes[q] for q in terms.neighbours[p]}
-            sims.append(terms.similarity(p, perms).cpu().numpy())
+            sims.append(terms.similarity(p, perms, copy=False).cpu().numpy())
         warms = [states.get(p) for p in batch]
         done = (list(_pool().map(solve_assignment, sims, warms)) if len(batch) > 1
                 else [solve_assignment(sims[0], warms[0])])
-        nonlocal solves, certified
+        nonlocal solves, certified, exchanged
         solves += len(batch)
         gain = 0.0
         for p, s, state in zip(batch, sims, done):
             states[p] = state
             certified += state.certified
+            exchanged += state.exchanges > 0
             col = state.col
             rows = np.arange(len(col))
             new, old = s[rows, col].sum(), s[rows, perms[p].cpu().numpy()].sum()
@@ -223,7 +231,7 @@ def match_terms(terms: "SimilarityTerms", *, seed: int = 0, max_iter: int = 100,
     # The objective moves by exactly the accepted gains (terms not touching the solved perm are
     # unchanged), so it is tracked incrementally instead of re-permuting every parameter.
     history: list[float] = []
-    cur = init = terms.objective(perms)
+    cur = init = terms.objective(perms) if absolute else 0.0
     converged = False
     for _ in range(max_iter):
         gain, batch = 0.0, []
@@ -241,32 +249,34 @@ def match_terms(terms: "SimilarityTerms", *, seed: int = 0, max_iter: int = 100,
             converged = True
             break
     return MatchResult({p: t.cpu() for p, t in perms.items()}, history, init, len(history), converged, seed,
-                       solves, certified, states)
+                       solves, certified, exchanged, states)
 
 
 class SimilarityTerms:
-    """The operands of every perm's similarity matrix, laid out once for fast products.
+    """Every perm's similarity matrix, kept up to date as the perms of B and the model A change.
 
     Holds A and B in float64 on A's device. For a parameter touching perm p on ``axis`` it views
-    W_a as an (n, rest) matrix. If no other axis is permuted, its product with W_b is constant and
-    precomputed. Otherwise the parameter is a matrix whose other axis is permuted by q, and W_b is
-    kept transposed, (rest, n), so that permuting by q is a cheap row gather (a column gather
-    costs ~20x more).
+    W_a as an (n, rest) matrix. If no other axis is permuted, its product with W_b is constant in
+    the perms (a "const" term). Otherwise the parameter is a matrix whose other axis is permuted
+    by q (a "varying" term), and W_b is kept transposed, (rest, n), so that permuting by q is a
+    cheap row gather (a column gather costs ~20x more).
 
-    Each varying product is cached with the perm it was computed for. When q has since moved on
-    few units K, the product is updated by the rank-|K| correction
-    ``A[:, K] @ (B_t[q_new[K]] - B_t[q_old[K]])`` (the product is a sum over q's units) instead of
-    recomputed: late sweeps move a handful of units, so this costs |K|/n of a product. When A is
-    replaced (`retarget`), products are corrected the same way on the rows and columns where A
-    changed. Rounding drift is bounded by a fresh product after ``REFRESH`` corrections.
+    Perm p's similarity ``S_p = sum of its terms`` is kept as one matrix, with the perm each
+    varying term was last evaluated at. When q has since moved on units K, S_p is corrected in
+    place by the rank-|K| update ``A[:, K] @ (B_t[q_new[K]] - B_t[q_old[K]])`` (a term is a sum
+    over q's units): late sweeps move a handful of units, so this costs |K|/n of a product, and
+    nothing is re-summed. When A is replaced (`retarget`), S_p is corrected the same way on the
+    rows and columns where A changed. Rounding drift is bounded by recomputing S_p from scratch
+    after ``REFRESH`` corrections.
     """
 
-    # A correction is cheaper than a fresh product while it touches < 1/4 of the rows and
-    # columns (gathers and a thinner matmul); past REFRESH corrections in a row the product is
-    # recomputed, so the accumulated float64 rounding stays ~1e-15 relative, far below
-    # IMPROVEMENT_TOL's scale.
+    # A correction of the rows and columns where A changed beats a dense one while it touches
+    # < 1/4 of them (gathers and a thinner matmul). Past REFRESH corrections S_p is recomputed:
+    # each adds float64 rounding of ~1e-16 of the entries, so S_p stays within ~1e-14 relative of
+    # a fresh sum, the scale at which the plain algorithm's own products differ by summation
+    # order. A refresh costs every term of p afresh (2-3 products), so it is kept rare.
     SPARSE_FRACTION = 0.25
-    REFRESH = 16
+    REFRESH = 64
 
     def __init__(self, spec: PermutationSpec, params_a: Mapping[str, Tensor], params_b: Mapping[str, Tensor]):
         self.spec = spec
@@ -275,12 +285,12 @@ class SimilarityTerms:
         self.a = {k: params_a[k].detach().to(self.device, torch.float64) for k in keys}
         self.b = {k: params_b[k].detach().to(self.device, torch.float64) for k in keys}
         self.sizes = spec.perm_sizes(self.a)
-        self.const: dict[str, Tensor] = {}
-        self.const_parts: dict[str, list[tuple[str, int]]] = {}  # (param, axis) summed into const[p]
-        self.const_updates = dict.fromkeys(spec.perm_to_axes, 0)
+        self.const_parts: dict[str, list[tuple[str, int]]] = {}  # (param, axis) of p's const terms
         self.varying: dict[str, list[tuple[str, int, Tensor, str]]] = {}  # (param, axis, B_t, q)
         self.neighbours: dict[str, set[str]] = {}
-        self.cache: dict[tuple[str, int], tuple[Tensor, Tensor, int]] = {}  # product, q used, corrections
+        self.sums: dict[str, Tensor] = {}  # p -> S_p, kept
+        self.used: dict[str, list[Tensor]] = {}  # p -> each varying term's q when S_p was last updated
+        self.corrections: dict[str, int] = {}  # p -> corrections since S_p was computed afresh
         self._permuted: dict[str, tuple[list[Tensor], Tensor]] = {}  # param -> (perms used, permuted B)
         for p, touching in spec.perm_to_axes.items():
             n = self.sizes[p]
@@ -295,95 +305,82 @@ class SimilarityTerms:
                 else:
                     raise ValueError(f"weight matching supports permuted matrices and vectors; {k} has "
                                      f"{self.a[k].ndim} axes")
-            self.const[p] = self._fresh_const(p)
 
-    def _fresh_const(self, p: str) -> Tensor:
+    def _fresh(self, p: str, perms: Mapping[str, Tensor]) -> Tensor:
         n = self.sizes[p]
-        const = torch.zeros(n, n, dtype=torch.float64, device=self.device)
+        sim = torch.zeros(n, n, dtype=torch.float64, device=self.device)
         for k, axis in self.const_parts[p]:
-            const += _rows(self.a[k], axis, n) @ _rows(self.b[k], axis, n).T
-        return const
-
-    def similarity(self, p: str, perms: Mapping[str, Tensor]) -> Tensor:
-        n = self.sizes[p]
-        sim = self.const[p].clone()
-        for t, (k, axis, b_t, q) in enumerate(self.varying[p]):
-            sim += self._product(p, t, _rows(self.a[k], axis, n), b_t, perms[q])
+            sim += _rows(self.a[k], axis, n) @ _rows(self.b[k], axis, n).T
+        for k, axis, b_t, q in self.varying[p]:
+            sim.addmm_(_rows(self.a[k], axis, n), b_t.index_select(0, perms[q]))
+        self.sums[p] = sim
+        self.used[p] = [perms[q].clone() for *_, q in self.varying[p]]
+        self.corrections[p] = 0
         return sim
 
-    def _product(self, p: str, t: int, a_rows: Tensor, b_t: Tensor, perm: Tensor) -> Tensor:
-        """``a_rows @ b_t[perm]``, from the cached product where perm moved on few units."""
-        cached = self.cache.get((p, t))
-        if cached is not None:
-            prod, used, corrections = cached
-            moved = (perm != used).nonzero().flatten()
-            if moved.numel() == 0:
-                return prod
-            if moved.numel() < self.SPARSE_FRACTION * perm.numel() and corrections < self.REFRESH:
-                prod = prod + a_rows[:, moved] @ (b_t[perm[moved]] - b_t[used[moved]])
-                self.cache[(p, t)] = (prod, perm.clone(), corrections + 1)
-                return prod
-        prod = a_rows @ b_t.index_select(0, perm)
-        self.cache[(p, t)] = (prod, perm.clone(), 0)
-        return prod
+    def similarity(self, p: str, perms: Mapping[str, Tensor], copy: bool = True) -> Tensor:
+        """Perm p's similarity matrix for the current perms of B's other axes. ``copy=False``
+        returns the kept matrix itself (no 2 MB copy a solve at n = 512): it stays valid until
+        the next `similarity` of p or `retarget`, and must not be written to."""
+        n = self.sizes[p]
+        sim = self.sums.get(p)
+        if sim is None or self.corrections[p] >= self.REFRESH:
+            sim = self._fresh(p, perms)
+        else:
+            for t, (k, axis, b_t, q) in enumerate(self.varying[p]):
+                perm, used = perms[q], self.used[p][t]
+                moved = (perm != used).nonzero().flatten()
+                if moved.numel() == 0:
+                    continue
+                sim.addmm_(_rows(self.a[k], axis, n)[:, moved], b_t[perm[moved]] - b_t[used[moved]])
+                self.used[p][t] = perm.clone()
+                self.corrections[p] += 1
+        return sim.clone() if copy else sim
 
     def retarget(self, params_a: Mapping[str, Tensor]) -> None:
         """Replace model A (same shapes), keeping B. Where the new A differs from the old on few
         rows and columns of a term (MergeMany: the mean of the other models moves where their
-        permutations moved a few units), the kept product ``A @ X`` is corrected by
-        ``D[R] @ X`` on the changed rows R and ``D[:, C] @ X[C]`` on the changed columns C of
-        ``D = A_new - A_old``; otherwise it is recomputed when next needed."""
+        permutations moved a few units), S_p is corrected by ``D[R] @ X`` on the changed rows R
+        and ``D[:, C] @ X[C]`` on the changed columns C of ``D = A_new - A_old``; elsewhere by
+        the dense ``D @ X``, as costly as a fresh product of that term."""
         new = {k: params_a[k].detach().to(self.device, torch.float64) for k in self.a}
         for k in new:
             if new[k].shape != self.a[k].shape:
                 raise ValueError(f"retarget: {k} has shape {tuple(new[k].shape)}, expected {tuple(self.a[k].shape)}")
         diff = {k: new[k] - self.a[k] for k in new}
-        for p in self.spec.perm_to_axes:
+        for p, sim in list(self.sums.items()):
             n = self.sizes[p]
-            const, ok = self.const[p], self.const_updates[p] < self.REFRESH
             for k, axis in self.const_parts[p]:
-                ok = ok and self._correct(const, _rows(diff[k], axis, n), _rows(self.b[k], axis, n).T)
-            if ok:
-                self.const_updates[p] += 1
-            else:
-                self.const_updates[p] = 0
-                self.const[p] = None  # recomputed below, once A is replaced
-            for t, (k, axis, b_t, q) in enumerate(self.varying[p]):
-                cached = self.cache.get((p, t))
-                if cached is None:
-                    continue
-                prod, used, corrections = cached
-                if corrections < self.REFRESH and self._correct(prod, _rows(diff[k], axis, n), b_t, used):
-                    self.cache[(p, t)] = (prod, used, corrections + 1)
-                else:
-                    del self.cache[(p, t)]
+                self.corrections[p] += self._correct(sim, _rows(diff[k], axis, n), _rows(self.b[k], axis, n).T)
+            for (k, axis, b_t, _), used in zip(self.varying[p], self.used[p]):
+                self.corrections[p] += self._correct(sim, _rows(diff[k], axis, n), b_t, used)
         self.a = new
-        for p in self.spec.perm_to_axes:
-            if self.const[p] is None:
-                self.const[p] = self._fresh_const(p)
 
-    def _correct(self, prod: Tensor, d: Tensor, x: Tensor, gather: Tensor | None = None) -> bool:
-        """Add ``d @ x[gather]`` to ``prod`` in place when ``d`` is nonzero on few rows and
-        columns (False, prod untouched, when a fresh product is cheaper)."""
+    def _correct(self, sim: Tensor, d: Tensor, x: Tensor, gather: Tensor | None = None) -> bool:
+        """Add ``d @ x[gather]`` to ``sim`` in place, on the rows and columns where ``d`` is
+        nonzero when they are few; False when ``d`` is zero (nothing to add)."""
         # A changed row is (nearly) all nonzero, an unchanged one only on the changed columns;
         # rows past the sparse fraction are taken whole, the columns left cover the rest exactly.
         nz = d != 0
         rows = nz.sum(1) > self.SPARSE_FRACTION * d.shape[1]
         r = rows.nonzero().flatten()
-        rest = (~rows).nonzero().flatten()
-        c = nz[rest].any(0).nonzero().flatten()
+        # columns nonzero outside the rows taken whole: column counts less those rows' share
+        c = (nz.sum(0) - nz[r].sum(0) > 0).nonzero().flatten()
         if r.numel() + c.numel() == 0:
-            return True
-        if r.numel() > self.SPARSE_FRACTION * d.shape[0] or c.numel() > self.SPARSE_FRACTION * d.shape[1]:
             return False
+        if r.numel() > self.SPARSE_FRACTION * d.shape[0] or c.numel() > self.SPARSE_FRACTION * d.shape[1]:
+            sim.addmm_(d, x if gather is None else x.index_select(0, gather))
+            return True
         if r.numel():
             dr = d[r]
             if gather is not None:  # d[r] @ x[gather] == d[r][:, gather^-1] @ x: gathers |r| rows, not all of x
                 dr = dr.index_select(1, torch.argsort(gather))
-            prod[r] += dr @ x
+            sim.index_add_(0, r, dr @ x)
         if c.numel():
             xc = x[c] if gather is None else x.index_select(0, gather[c])
-            prod[rest] += d[rest][:, c] @ xc
+            dc = d[:, c]
+            dc[r] = 0  # rows r were added whole above; zero rows add exactly 0.0
+            sim.addmm_(dc, xc)
         return True
 
     def objective(self, perms: Mapping[str, Tensor]) -> float:
