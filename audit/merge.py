@@ -42,10 +42,12 @@ def _names(params_list: Sequence[Mapping[str, Tensor]], names: Sequence[str] | N
     return names
 
 
-def _mean(params_list: Sequence[Mapping[str, Tensor]]) -> Weights:
+def _mean(params_list: Sequence[Mapping[str, Tensor]], keys: Sequence[str] | None = None) -> Weights:
+    """The average of each parameter (of ``keys`` only when given); integer tensors are taken from
+    the first model. Each key is averaged on its own, so a subset equals the full result's."""
     first = params_list[0]
-    return {k: torch.stack([p[k] for p in params_list]).mean(0) if v.is_floating_point() else v.clone()
-            for k, v in first.items()}
+    return {k: torch.stack([p[k] for p in params_list]).mean(0) if first[k].is_floating_point() else first[k].clone()
+            for k in (first if keys is None else keys)}
 
 
 def _child_seed(rng: np.random.Generator) -> int:
@@ -101,7 +103,10 @@ def merge_many(params_list: Sequence[Mapping[str, Tensor]], spec: PermutationSpe
     * each perm's solver state (assignment and duals) is kept too, so an alignment that is still
       optimal is certified, not re-solved;
     * a matching is skipped when its previous one converged and no model has moved since: its
-      target and starting point are the ones it ended at, where no perm can improve by > 1e-12.
+      target and starting point are the ones it ended at, where no perm can improve by > 1e-12;
+    * a model's target is re-averaged, and its terms corrected, only on the parameters some other
+      model's move changed since its last matching (a move of P_l changes the parameters P_l
+      touches).
     """
     names = _names(params_list, names)
     n = len(params_list)
@@ -112,6 +117,9 @@ def merge_many(params_list: Sequence[Mapping[str, Tensor]], spec: PermutationSpe
     warm: list[dict] = [{} for _ in range(n)]
     moves = 0  # models moved so far; ``settled[i]`` is its value after i's last converged matching
     settled: list[int | None] = [None] * n
+    changed_at = [dict.fromkeys(params_list[0], 0) for _ in range(n)]  # param -> value of moves when it last changed
+    targets: list[Weights | None] = [None] * n  # mean of the others, as of moves == target_at[i]
+    target_at = [0] * n
     history = []
     converged = n == 1
     iteration = 0
@@ -125,11 +133,15 @@ def merge_many(params_list: Sequence[Mapping[str, Tensor]], spec: PermutationSpe
             if settled[i] == moves:
                 skipped += 1
                 continue
-            others = _mean([current[j] for j in range(n) if j != i])
+            rest = [current[j] for j in range(n) if j != i]
             if terms[i] is None:
-                terms[i] = SimilarityTerms(spec, others, params_list[i])
+                targets[i] = _mean(rest)
+                terms[i] = SimilarityTerms(spec, targets[i], params_list[i])
             else:
-                terms[i].retarget(others)
+                stale = [k for k in targets[i] if any(changed_at[j][k] > target_at[i] for j in range(n) if j != i)]
+                targets[i] = {**targets[i], **_mean(rest, stale)}
+                terms[i].retarget(targets[i], stale)
+            target_at[i] = moves
             match = match_terms(terms[i], seed=s, max_iter=match_max_iter, init_perms=perms[i], warm=warm[i],
                                 absolute=False)  # only its perms are used
             sweeps += match.sweeps
@@ -137,11 +149,14 @@ def merge_many(params_list: Sequence[Mapping[str, Tensor]], spec: PermutationSpe
             certified += match.certified
             exchanged += match.exchanged
             warm[i] = match.states
-            if any(not torch.equal(match.perms[p], perms[i][p]) for p in perms[i]):
+            moved = [p for p in perms[i] if not torch.equal(match.perms[p], perms[i][p])]
+            if moved:
                 perms[i] = match.perms
-                current[i] = apply_permutation(spec, perms[i], params_list[i])
+                keys = {k for p in moved for k, _ in spec.perm_to_axes[p]}
+                current[i] = {**current[i], **apply_permutation(spec, perms[i], {k: params_list[i][k] for k in keys})}
                 changed.append(names[i])
                 moves += 1
+                changed_at[i].update(dict.fromkeys(keys, moves))
             settled[i] = moves if match.converged else None
         history.append({"order": [names[i] for i in order], "seeds": seeds, "changed": changed,
                         "inner_sweeps": sweeps, "inner_solves": solves, "inner_certified": certified,

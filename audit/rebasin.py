@@ -13,7 +13,7 @@ Conventions
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -276,6 +276,9 @@ class SimilarityTerms:
     # a fresh sum, the scale at which the plain algorithm's own products differ by summation
     # order. A refresh costs every term of p afresh (2-3 products), so it is kept rare.
     SPARSE_FRACTION = 0.25
+    # The sparse correction's two products cost |R|/n + |C|/m of the dense one (D is n x m); past
+    # this fraction the gathers and the scatter make it the slower one.
+    DENSE_FRACTION = 0.6
     REFRESH = 64
 
     def __init__(self, spec: PermutationSpec, params_a: Mapping[str, Tensor], params_b: Mapping[str, Tensor]):
@@ -337,13 +340,15 @@ class SimilarityTerms:
                 self.corrections[p] += 1
         return sim.clone() if copy else sim
 
-    def retarget(self, params_a: Mapping[str, Tensor]) -> None:
+    def retarget(self, params_a: Mapping[str, Tensor], changed: Sequence[str] | None = None) -> None:
         """Replace model A (same shapes), keeping B. Where the new A differs from the old on few
         rows and columns of a term (MergeMany: the mean of the other models moves where their
         permutations moved a few units), S_p is corrected by ``D[R] @ X`` on the changed rows R
         and ``D[:, C] @ X[C]`` on the changed columns C of ``D = A_new - A_old``; elsewhere by
-        the dense ``D @ X``, as costly as a fresh product of that term."""
-        new = {k: params_a[k].detach().to(self.device, torch.float64) for k in self.a}
+        the dense ``D @ X``, as costly as a fresh product of that term. ``changed``: the only
+        parameters that may differ (all by default); the others are not read."""
+        keys = [k for k in (self.a if changed is None else changed) if k in self.a]
+        new = {k: params_a[k].detach().to(self.device, torch.float64) for k in keys}
         for k in new:
             if new[k].shape != self.a[k].shape:
                 raise ValueError(f"retarget: {k} has shape {tuple(new[k].shape)}, expected {tuple(self.a[k].shape)}")
@@ -351,10 +356,12 @@ class SimilarityTerms:
         for p, sim in list(self.sums.items()):
             n = self.sizes[p]
             for k, axis in self.const_parts[p]:
-                self.corrections[p] += self._correct(sim, _rows(diff[k], axis, n), _rows(self.b[k], axis, n).T)
+                if k in diff:
+                    self.corrections[p] += self._correct(sim, _rows(diff[k], axis, n), _rows(self.b[k], axis, n).T)
             for (k, axis, b_t, _), used in zip(self.varying[p], self.used[p]):
-                self.corrections[p] += self._correct(sim, _rows(diff[k], axis, n), b_t, used)
-        self.a = new
+                if k in diff:
+                    self.corrections[p] += self._correct(sim, _rows(diff[k], axis, n), b_t, used)
+        self.a = {**self.a, **new}
 
     def _correct(self, sim: Tensor, d: Tensor, x: Tensor, gather: Tensor | None = None) -> bool:
         """Add ``d @ x[gather]`` to ``sim`` in place, on the rows and columns where ``d`` is
@@ -368,7 +375,7 @@ class SimilarityTerms:
         c = (nz.sum(0) - nz[r].sum(0) > 0).nonzero().flatten()
         if r.numel() + c.numel() == 0:
             return False
-        if r.numel() > self.SPARSE_FRACTION * d.shape[0] or c.numel() > self.SPARSE_FRACTION * d.shape[1]:
+        if r.numel() / d.shape[0] + c.numel() / d.shape[1] > self.DENSE_FRACTION:  # flops relative to dense
             sim.addmm_(d, x if gather is None else x.index_select(0, gather))
             return True
         if r.numel():
