@@ -6,6 +6,7 @@ from audit.models import MLP
 from audit.rebasin import (
     apply_permutation,
     check_compatible,
+    identity_perms,
     interpolate,
     invert_permutation,
     mlp_permutation_spec,
@@ -146,3 +147,38 @@ def test_retargeted_similarities_equal_fresh_ones(trained_pair, moved):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12 * want.abs().max().item())
     with pytest.raises(ValueError, match="hidden.0.weight has shape"):
         terms.retarget({**target, "hidden.0.weight": target["hidden.0.weight"][:-1]})
+
+
+def test_kept_similarities_stay_equal_to_fresh_ones_over_many_corrections(trained_pair):
+    """Each perm's similarity is one matrix kept and corrected in place as B's perms move and the
+    target is replaced. Over 150 steps (past REFRESH corrections, so both corrected and refreshed
+    states are compared) it equals the matrix built from scratch to 1e-12 relative."""
+    from audit.rebasin import SimilarityTerms
+
+    _, (a, b) = trained_pair
+    spec = mlp_permutation_spec(a)
+    g = torch.Generator().manual_seed(7)
+    perms = identity_perms(spec, b)
+    target = dict(a)
+    terms = SimilarityTerms(spec, target, b)
+    most = 0
+    for step in range(150):
+        q = spec.perm_names[int(torch.randint(len(spec.perm_names), (1,), generator=g))]
+        k = int(torch.randint(2, 9, (1,), generator=g))
+        idx = torch.randperm(perms[q].numel(), generator=g)[:k]
+        perms[q] = perms[q].clone()
+        perms[q][idx] = perms[q][idx[torch.randperm(k, generator=g)]]
+        if step % 7 == 3:  # the target moves too, on a few units of one layer
+            shuffle = identity_perms(spec, a)
+            shuffle[q][idx] = idx[torch.randperm(k, generator=g)]
+            target = apply_permutation(spec, shuffle, target)
+            terms.retarget(target)
+        for p in spec.perm_names:
+            got = terms.similarity(p, perms)
+            want = SimilarityTerms(spec, target, b).similarity(p, perms)
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12 * want.abs().max().item())
+            most = max(most, terms.corrections[p])
+    assert most >= SimilarityTerms.REFRESH // 2  # long runs of corrections were compared, not only fresh sums
+    kept = terms.similarity(spec.perm_names[0], perms, copy=False)
+    assert terms.similarity(spec.perm_names[0], perms, copy=False) is kept
+    assert terms.similarity(spec.perm_names[0], perms).data_ptr() != kept.data_ptr()  # the default is a copy
