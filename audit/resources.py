@@ -11,10 +11,12 @@ cannot hold the models or the time exceeds ``resources.max_hours``.
 
 from __future__ import annotations
 
+import heapq
 import math
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,12 +143,13 @@ def calibrate(shape: Shape, widths, batch_size: int, device: torch.device) -> di
     return {"step": _timed(step), "match_pair": match, "gradient_1000": _timed(gradient)}
 
 
-# MergeMany's cost in pair matchings, measured on trained 784-512-512-512-10 MNIST models
-# (benchmarks/rebasin.py): the first pass aligns every model to an unaligned mean (~1.5 pair
-# matchings per model); later passes start from kept solver states and similarity terms (~0.1 per
-# model); 4, 8 and 16 models converged after 32, 37 and up to 73 passes (pairs: 2-3).
-MERGEMANY_FIRST_PASS = 1.5
-MERGEMANY_LATER_PASS = 0.1
+# MergeMany's cost in pair matchings, measured on trained 784-512-512-512-10 MNIST models, one
+# thread (benchmarks/rebasin.py prints both figures): the first pass aligns every model to an
+# unaligned mean (0.92-0.98 pair matchings per model for 4 and 8 models); later passes start from
+# kept solver states and similarity terms (0.11-0.14 per model and pass); 4, 8 and 16 models
+# converged after 32, 37 and up to 73 passes (pairs: 2-3).
+MERGEMANY_FIRST_PASS = 0.95
+MERGEMANY_LATER_PASS = 0.125
 MERGEMANY_PASSES = {2: 3, 4: 32, 8: 40, 16: 73}  # typical passes to convergence by group size
 
 
@@ -154,6 +157,16 @@ def mergemany_passes(k: int, cap: int) -> int:
     """Passes MergeMany of k models typically takes (the next measured size up), at most ``cap``."""
     sizes = sorted(MERGEMANY_PASSES)
     return min(cap, MERGEMANY_PASSES[next((s for s in sizes if s >= k), sizes[-1])])
+
+
+def makespan(costs: Sequence[float], workers: int) -> float:
+    """Finish time of tasks of these costs on ``workers`` workers, each task given to the first
+    free worker, biggest first (as the merge stage orders them): the longest task bounds it from
+    below, so a few big MergeMany groups are not assumed to split across workers."""
+    loads = [0.0] * max(1, workers)
+    for cost in sorted(costs, reverse=True):
+        heapq.heappush(loads, heapq.heappop(loads) + cost)
+    return max(loads)
 
 
 def estimate(params: Params, shape: Shape, device: torch.device | None = None) -> Estimate:
@@ -166,24 +179,26 @@ def estimate(params: Params, shape: Shape, device: torch.device | None = None) -
     c = calibrate(shape, z.arch, z.train.batch_size, device)
     steps = z.train.epochs * math.ceil(shape.n_train / z.train.batch_size)
     train = (counts["base"] + counts["regularized"]) * steps * c["step"]
-    # Weight matching, in pair matchings per method (`audit.methods` cost): a tree of pair merges
-    # (one per pool, seed and side with adjacent pairing, sharing its lower stages; k - 1 per group
-    # otherwise) or MergeMany's passes (see above).
-    pairs = 0.0
+    # Weight matching, in pair matchings per task of each method (`audit.methods` cost): a tree of
+    # pair merges (one per pool, seed and side with adjacent pairing, sharing its lower stages;
+    # k - 1 per group otherwise) or MergeMany's passes (see above). Each method is a stage of its
+    # own, run by merge.workers processes (0: one per core), one thread each; on a GPU one at a time.
+    workers = (m.workers or os.cpu_count() or 1) if device.type == "cpu" else 1
+    merge = 0.0
     for method in m.methods:
         cost = methods.get(method).cost
         jobs = merge_jobs(params, method)
         if cost == "tree" and m.pairing == "adjacent":
-            pairs += sum(tree.pair_merges for tree in tree_jobs(params, jobs))
+            tasks = [float(tree.pair_merges) for tree in tree_jobs(params, jobs)]
         elif cost == "tree":
-            pairs += sum(len(job.members) - 1 for job in jobs)
+            tasks = [len(job.members) - 1.0 for job in jobs]
         elif cost == "passes":
-            pairs += sum(len(job.members) * (MERGEMANY_FIRST_PASS + MERGEMANY_LATER_PASS
-                                             * (mergemany_passes(len(job.members), m.mergemany_max_iter) - 1))
-                         for job in jobs)
-    # The merge stage runs merge.workers processes (0: one per core), one thread each.
-    workers = m.workers or os.cpu_count() or 1
-    merge = pairs * c["match_pair"] / (workers if device.type == "cpu" else 1)
+            tasks = [len(job.members) * (MERGEMANY_FIRST_PASS + MERGEMANY_LATER_PASS
+                                         * (mergemany_passes(len(job.members), m.mergemany_max_iter) - 1))
+                     for job in jobs]
+        else:
+            tasks = []
+        merge += makespan(tasks, workers) * c["match_pair"]
     # Gradients per input: FGSM 1 per eps, PGD steps per eps, DeepFool ~10 iterations x classes.
     grads = len(e.fgsm_eps) + e.pgd_steps * len(e.pgd_eps) + 10 * shape.n_classes
     evaluate = n_models * grads * c["gradient_1000"] * shape.n_eval / 1000

@@ -84,3 +84,14 @@ def test_the_shape_comes_from_the_record_only_for_the_data_set_the_params_name(t
         {"name": "digits", "image_shape": [1, 8, 8], "n_classes": 10, "n_train": 1437, "n_test": 360}))
     assert shape_of(params_from_dict({"data": {"name": "digits"}}), tmp_path).in_features == 64
     assert shape_of(params_from_dict({"data": {"name": "cifar10"}}), tmp_path).in_features == 3072
+
+
+def test_merge_time_is_the_makespan_of_its_tasks_biggest_first():
+    """The merge estimate schedules each method's tasks on its workers: one long MergeMany group
+    bounds the stage from below instead of being spread over the workers."""
+    from audit.resources import makespan
+
+    assert makespan([], 2) == 0
+    assert makespan([10.0, 1.0, 1.0], 2) == 10.0  # the longest task, not 12 / 2
+    assert makespan([3.0, 3.0, 2.0, 2.0, 2.0], 2) == 7.0  # 3+2+2 | 3+2, as biggest-first gives it
+    assert makespan([3.0, 3.0, 2.0], 1) == 8.0
