@@ -91,21 +91,26 @@ def solve_assignment(sim: np.ndarray, warm: AssignmentState | None = None, *,
             raise ValueError(f"warm state is for {warm.col.size} rows, the matrix has {n}")
         old = np.ascontiguousarray(warm.col, dtype=np.int64)
         col = old.copy()
-        v[:] = warm.v
+        # Column duals only ever fall (every step below lowers them), so over many warm solves
+        # they drift away from the costs' scale; shifting them all by one constant changes no
+        # reduced cost, and keeps the labels' rounding at the scale the tolerance assumes.
+        start = warm.v - warm.v.max()
+        v[:] = start
         # Certificate first: is the old assignment, after the improving exchanges the search
         # finds, optimal? Then no augmentation at all.
-        tol = CERTIFY_ULPS * np.finfo(np.float64).eps * max(1.0, largest)
+        tol = CERTIFY_ULPS * np.finfo(np.float64).eps * max(1.0, largest, float(-start.min()))
         exchanges = _certify(cost, col, v, CERTIFY_SCANS * n, max(1, n // CYCLE_CHECKS), tol)
         if exchanges >= 0:
             return AssignmentState(col, cost[np.arange(n), col] - v[col], v, int((col != old).sum()), int(exchanges))
         # Repair from the exchanged assignment (never worse than the old one) and the old duals:
         # the certificate's labels, lowered along cycles it did not close, break more rows.
-        v[:] = warm.v
-        kept = _warm_start(cost, v, col, u, col4row, row4col)
+        v[:] = start
+        _warm_start(cost, v, col, u, col4row, row4col)
+        freed = (col4row == -1) | (col != old)  # rows the repair re-assigns or the exchanges moved
         _row_reduction(cost, v, col4row, row4col)
         _row_duals(cost, v, u)
         _augment_free_rows(cost, u, v, col4row, row4col)
-        return AssignmentState(col4row, u, v, int(max(n - kept, (col4row != old).sum())))
+        return AssignmentState(col4row, u, v, int((freed | (col4row != old)).sum()))
     _augment_free_rows(cost, u, v, col4row, row4col)
     return AssignmentState(col4row, u, v, n)
 

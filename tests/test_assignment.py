@@ -84,6 +84,21 @@ def test_certificate_applies_planted_improving_exchanges():
     assert paths["exchanged"] > 0.5 * 400, paths  # 276 of 400 here
 
 
+@pytest.mark.parametrize("shift", [0.0, 1e2, 1e4])
+def test_drifted_duals_do_not_loosen_the_certificate(shift):
+    """Duals shifted by a constant (u + s, v - s) are the same certificate; column duals drift
+    that way over many warm solves. Near-ties 1e-11 apart are still told apart: the result is
+    scipy's optimum, not an assignment the labels' rounding at scale s let through."""
+    rng = np.random.default_rng(1)
+    n = 128
+    m = rng.normal(size=n)[:, None] + rng.normal(size=n)[None, :] + 1e-11 * rng.normal(size=(n, n))
+    st = solve_assignment(m)
+    again = solve_assignment(m, AssignmentState(st.col.copy(), st.u + shift, st.v - shift))
+    best, col = scipy_value(m)
+    assert value(m, again.col) == best
+    check_duals(m, again)
+
+
 def test_warm_start_from_an_unrelated_state_and_with_ties_is_still_optimal():
     rng = np.random.default_rng(2)
     for t in range(600):

@@ -182,3 +182,26 @@ def test_kept_similarities_stay_equal_to_fresh_ones_over_many_corrections(traine
     kept = terms.similarity(spec.perm_names[0], perms, copy=False)
     assert terms.similarity(spec.perm_names[0], perms, copy=False) is kept
     assert terms.similarity(spec.perm_names[0], perms).data_ptr() != kept.data_ptr()  # the default is a copy
+
+
+def test_retarget_reads_only_the_parameters_named_changed(trained_pair):
+    """`retarget(target, changed)`: the listed parameters are corrected, the others are taken as
+    unchanged and not read (here they hold NaN); the result equals terms built for the target."""
+    from audit.rebasin import SimilarityTerms
+
+    _, (a, b) = trained_pair
+    spec = mlp_permutation_spec(a)
+    perms = random_perms(spec, b, 3)
+    terms = SimilarityTerms(spec, a, b)
+    for p in spec.perm_names:
+        terms.similarity(p, perms)
+    changed = ["hidden.1.weight", "hidden.1.bias"]
+    target = {k: v.clone() for k, v in a.items()}
+    for k in changed:
+        target[k] = target[k] + 0.01 * torch.randn(target[k].shape, generator=torch.Generator().manual_seed(1))
+    terms.retarget({k: (target[k] if k in changed else torch.full_like(v, float("nan"))) for k, v in a.items()},
+                   changed)
+    fresh = SimilarityTerms(spec, target, b)
+    for p in spec.perm_names:
+        want = fresh.similarity(p, perms)
+        torch.testing.assert_close(terms.similarity(p, perms), want, rtol=1e-12, atol=1e-12 * want.abs().max().item())

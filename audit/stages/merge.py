@@ -122,7 +122,7 @@ def run(params: Params, root: Path, method: str) -> dict:
             # One tree per pool, seed and side: a depth-d model is a stage-d node, built from the
             # stage d-1 nodes (15 pair merges for a pool of 16, not 49 from scratch per group).
             trees = tree_jobs(params, todo)
-            trees.sort(key=lambda tr: -tr.depth)
+            trees.sort(key=lambda tr: -tr.pair_merges)  # biggest first, as `resources.makespan` schedules them
 
             def record_tree(task: Task, result):  # a tree returns only its unfinished nodes
                 for job, merged, prov, seconds in result:
