@@ -23,6 +23,7 @@ from scipy.optimize import linear_sum_assignment
 
 from audit.merge import merge_many
 from audit.rebasin import mlp_permutation_spec, weight_matching, weight_matching_plain
+from audit.resources import Shape, calibrate
 from common import mnist_split, trained_models
 
 
@@ -84,11 +85,15 @@ def cost_model(models, spec) -> None:
     per model, and each later pass per model."""
     import audit.merge as merge_module
 
+    # The estimate's calibration: two untrained models of the benchmark's widths, one thread.
+    calibrated = statistics.median(calibrate(Shape(784, 10, 8000, 2000), [512, 512, 512], 128,
+                                             torch.device("cpu"))["match_pair"] for _ in range(3))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         pair = statistics.median(timed(lambda: weight_matching(spec, models[i], models[i + 1]))[0] for i in (0, 2, 4, 6))
-        print(f"cost model, 1 thread: one pair matching {pair:.3f} s (median of 4)")
+        print(f"cost model, 1 thread: one pair matching {pair:.3f} s (median of 4), {pair / calibrated:.2f}x the "
+              f"estimate's calibrated one ({calibrated:.3f} s, median of 3; audit.resources.TRAINED_OVER_CALIBRATED)")
         for n in (4, 8):
             spent = []
             inner = merge_module.match_terms
