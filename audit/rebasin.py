@@ -165,13 +165,15 @@ def weight_matching(spec: PermutationSpec, params_a: Mapping[str, Tensor], param
 
     The result is exactly that of visiting the perms one by one; four shortcuts make it faster:
     * every assignment is warm-started from the previous solve of the same perm
-      (`audit.assignment`): when the old assignment is still optimal a dual certificate proves it
-      in O(n^2), otherwise only the rows the change broke are re-augmented;
-    * terms of S whose parameter has no other permuted axis are computed once;
+      (`audit.assignment`): a dual certificate proves the old assignment still optimal in O(n^2),
+      or optimal after the improving exchanges it finds; otherwise only the rows the change broke
+      are re-augmented;
+    * each perm's S is kept and corrected in place where its neighbours moved (`SimilarityTerms`);
+      terms whose parameter has no other permuted axis are computed once;
     * a perm whose neighbours (perms sharing a parameter with it) have not moved since it was last
       solved is skipped: its S is unchanged, so its current assignment is still optimal;
     * consecutive perms in the visiting order that share no parameter are solved concurrently
-      (scipy releases the GIL): neither's similarity depends on the other's outcome.
+      (the solver releases the GIL): neither's similarity depends on the other's outcome.
     """
     check_compatible(params_a, params_b)
     terms = SimilarityTerms(spec, params_a, params_b)
@@ -270,8 +272,8 @@ class SimilarityTerms:
     after ``REFRESH`` corrections.
     """
 
-    # A correction of the rows and columns where A changed beats a dense one while it touches
-    # < 1/4 of them (gathers and a thinner matmul). Past REFRESH corrections S_p is recomputed:
+    # In a retarget correction, a row of D with more than 1/4 of its entries nonzero is taken
+    # whole, the other rows only on their nonzero columns. Past REFRESH corrections S_p is recomputed:
     # each adds float64 rounding of ~1e-16 of the entries, so S_p stays within ~1e-14 relative of
     # a fresh sum, the scale at which the plain algorithm's own products differ by summation
     # order. A refresh costs every term of p afresh (2-3 products), so it is kept rare.

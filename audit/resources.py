@@ -145,8 +145,8 @@ def calibrate(shape: Shape, widths, batch_size: int, device: torch.device) -> di
 
 # MergeMany's cost in pair matchings, measured on trained 784-512-512-512-10 MNIST models, one
 # thread (benchmarks/rebasin.py prints both figures): the first pass aligns every model to an
-# unaligned mean (0.92-0.98 pair matchings per model for 4 and 8 models); later passes start from
-# kept solver states and similarity terms (0.11-0.14 per model and pass); 4, 8 and 16 models
+# unaligned mean (0.9-1.1 pair matchings per model for 4 and 8 models); later passes start from
+# kept solver states and similarity terms (0.11-0.15 per model and pass); 4, 8 and 16 models
 # converged after 32, 37 and up to 73 passes (pairs: 2-3).
 MERGEMANY_FIRST_PASS = 0.95
 MERGEMANY_LATER_PASS = 0.125
