@@ -148,10 +148,11 @@ def _load_cost(sim, sign, cost):
 
 # Row scans (O(n) each, in units of n) the certificate search may spend before it gives up and
 # repairs instead, and how often (times per n scans) it looks for a closed cycle. Measured on the
-# 851 warm solves of a MergeMany of four 784-512x3-10 MNIST MLPs: 4 n scans with a look every n/8
-# left 338 of them to the repair and took 1.23 s in all (1 thread), against 1.73 s for a plain
-# certificate (3 n scans, no exchanges) followed by the repair whenever the assignment had changed;
-# 6 n or 2 n scans were slower (1.35 s, 1.29 s).
+# 851 warm solves of a MergeMany of four 784-512x3-10 MNIST MLPs, replayed on 1 thread: 4 n scans
+# with a look every n/8 left 338 of them to the repair; the kernels took 1.23 s in all against
+# 1.73 s for a plain certificate (3 n scans, no exchanges) followed by the repair whenever the
+# assignment had changed (whole solves: 1.39-1.48 s against 1.57-1.68 s); 6 n or 2 n scans were
+# slower (1.35 s, 1.29 s).
 CERTIFY_SCANS = 4
 CYCLE_CHECKS = 8
 # A label must fall by more than this many units of float64 rounding of the largest entry to
