@@ -42,12 +42,30 @@ def _names(params_list: Sequence[Mapping[str, Tensor]], names: Sequence[str] | N
     return names
 
 
-def _mean(params_list: Sequence[Mapping[str, Tensor]], keys: Sequence[str] | None = None) -> Weights:
-    """The average of each parameter (of ``keys`` only when given); integer tensors are taken from
-    the first model. Each key is averaged on its own, so a subset equals the full result's."""
+def _average(tensors: Sequence[Tensor]) -> Tensor:
+    """The elementwise mean, summed in float64 in list order and divided once: each entry depends
+    on that entry alone, so the mean of any slice is bitwise the slice of the mean (MergeMany
+    re-averages only the slices that moved). torch's reductions do not promise that."""
+    acc = tensors[0].to(torch.float64, copy=True)
+    for t in tensors[1:]:
+        acc += t
+    return (acc / len(tensors)).to(tensors[0].dtype)
+
+
+def _mean(params_list: Sequence[Mapping[str, Tensor]]) -> Weights:
+    """The average of each parameter; integer tensors are taken from the first model."""
     first = params_list[0]
-    return {k: torch.stack([p[k] for p in params_list]).mean(0) if first[k].is_floating_point() else first[k].clone()
-            for k in (first if keys is None else keys)}
+    return {k: _average([p[k] for p in params_list]) if v.is_floating_point() else v.clone() for k, v in first.items()}
+
+
+def _reaverage(target: Weights, rest: Sequence[Mapping[str, Tensor]], spec: PermutationSpec,
+               units: Mapping[str, Tensor]) -> None:
+    """Re-average ``target`` (the mean of ``rest``) in place on the slices along each perm's axes
+    at ``units``: the only entries that moves of those units changed."""
+    for k, axes in spec.axes_to_perm.items():
+        for axis, q in enumerate(axes):
+            if q in units and target[k].is_floating_point():
+                target[k].index_copy_(axis, units[q], _average([p[k].index_select(axis, units[q]) for p in rest]))
 
 
 def _child_seed(rng: np.random.Generator) -> int:
@@ -104,9 +122,10 @@ def merge_many(params_list: Sequence[Mapping[str, Tensor]], spec: PermutationSpe
       optimal is certified, not re-solved;
     * a matching is skipped when its previous one converged and no model has moved since: its
       target and starting point are the ones it ended at, where no perm can improve by > 1e-12;
-    * a model's target is re-averaged, and its terms corrected, only on the parameters some other
-      model's move changed since its last matching (a move of P_l changes the parameters P_l
-      touches).
+    * a model's target is re-averaged, and its terms corrected, only on the slices other models'
+      moves changed since its last matching: a move of P_l on units K changes the mean only in
+      the rows and columns at K of the parameters P_l touches (`_reaverage`, and
+      `SimilarityTerms.retarget` with ``moved``).
     """
     names = _names(params_list, names)
     n = len(params_list)
@@ -117,7 +136,8 @@ def merge_many(params_list: Sequence[Mapping[str, Tensor]], spec: PermutationSpe
     warm: list[dict] = [{} for _ in range(n)]
     moves = 0  # models moved so far; ``settled[i]`` is its value after i's last converged matching
     settled: list[int | None] = [None] * n
-    changed_at = [dict.fromkeys(params_list[0], 0) for _ in range(n)]  # param -> value of moves when it last changed
+    # the moves so far, in order: (model, perm -> the units of its current order that changed)
+    log: list[tuple[int, dict[str, Tensor]]] = []
     targets: list[Weights | None] = [None] * n  # mean of the others, as of moves == target_at[i]
     target_at = [0] * n
     history = []
@@ -138,9 +158,10 @@ def merge_many(params_list: Sequence[Mapping[str, Tensor]], spec: PermutationSpe
                 targets[i] = _mean(rest)
                 terms[i] = SimilarityTerms(spec, targets[i], params_list[i])
             else:
-                stale = [k for k in targets[i] if any(changed_at[j][k] > target_at[i] for j in range(n) if j != i)]
-                targets[i] = {**targets[i], **_mean(rest, stale)}
-                terms[i].retarget(targets[i], stale)
+                units = _moved_units([m for j, m in log[target_at[i]:] if j != i])
+                if units:
+                    _reaverage(targets[i], rest, spec, units)
+                    terms[i].retarget(targets[i], units)
             target_at[i] = moves
             match = match_terms(terms[i], seed=s, max_iter=match_max_iter, init_perms=perms[i], warm=warm[i],
                                 absolute=False)  # only its perms are used
@@ -151,12 +172,12 @@ def merge_many(params_list: Sequence[Mapping[str, Tensor]], spec: PermutationSpe
             warm[i] = match.states
             moved = [p for p in perms[i] if not torch.equal(match.perms[p], perms[i][p])]
             if moved:
+                log.append((i, {p: (match.perms[p] != perms[i][p]).nonzero().flatten() for p in moved}))
                 perms[i] = match.perms
                 keys = {k for p in moved for k, _ in spec.perm_to_axes[p]}
                 current[i] = {**current[i], **apply_permutation(spec, perms[i], {k: params_list[i][k] for k in keys})}
                 changed.append(names[i])
                 moves += 1
-                changed_at[i].update(dict.fromkeys(keys, moves))
             settled[i] = moves if match.converged else None
         history.append({"order": [names[i] for i in order], "seeds": seeds, "changed": changed,
                         "inner_sweeps": sweeps, "inner_solves": solves, "inner_certified": certified,
@@ -165,6 +186,15 @@ def merge_many(params_list: Sequence[Mapping[str, Tensor]], spec: PermutationSpe
     prov = {"method": "mergemany", "models": names, "seed": seed, "iterations": iteration,
             "converged": converged, "max_iter": max_iter, "history": history}
     return MergeResult(_mean(current), prov)
+
+
+def _moved_units(moves: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    """Per perm, the sorted union of the units the given moves changed."""
+    found: dict[str, list[Tensor]] = {}
+    for m in moves:
+        for p, u in m.items():
+            found.setdefault(p, []).append(u)
+    return {p: torch.unique(torch.cat(us)) for p, us in found.items()}
 
 
 def hierarchical_merge(params_list: Sequence[Mapping[str, Tensor]], spec: PermutationSpec, *, seed: int = 0,

@@ -13,7 +13,7 @@ Conventions
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -268,26 +268,28 @@ class SimilarityTerms:
     place by the rank-|K| update ``A[:, K] @ (B_t[q_new[K]] - B_t[q_old[K]])`` (a term is a sum
     over q's units): late sweeps move a handful of units, so this costs |K|/n of a product, and
     nothing is re-summed. When A is replaced (`retarget`), S_p is corrected the same way on the
-    rows and columns where A changed. Rounding drift is bounded by recomputing S_p from scratch
+    rows and columns at the units where A changed. Rounding drift is bounded by recomputing S_p from scratch
     after ``REFRESH`` corrections.
     """
 
-    # In a retarget correction, a row of D with more than 1/4 of its entries nonzero is taken
-    # whole, the other rows only on their nonzero columns. Past REFRESH corrections S_p is recomputed:
-    # each adds float64 rounding of ~1e-16 of the entries, so S_p stays within ~1e-14 relative of
-    # a fresh sum, the scale at which the plain algorithm's own products differ by summation
-    # order. A refresh costs every term of p afresh (2-3 products), so it is kept rare.
-    SPARSE_FRACTION = 0.25
-    # The sparse correction's two products cost |R|/n + |C|/m of the dense one (D is n x m); past
-    # this fraction the gathers and the scatter make it the slower one.
+    # A retarget's sparse correction's two products cost |R|/n + |C|/m of the dense one (D is
+    # n x m); past this fraction the gathers and the scatter make it the slower one.
     DENSE_FRACTION = 0.6
+    # Past REFRESH corrections S_p is recomputed: each adds float64 rounding of ~1e-16 of the
+    # entries, so S_p stays within ~1e-14 relative of a fresh sum, the scale at which the plain
+    # algorithm's own products differ by summation order. A refresh costs every term of p afresh
+    # (2-3 products), so it is kept rare.
     REFRESH = 64
 
     def __init__(self, spec: PermutationSpec, params_a: Mapping[str, Tensor], params_b: Mapping[str, Tensor]):
         self.spec = spec
         self.device = next(iter(params_a.values())).device
         keys = list(spec.axes_to_perm)
-        self.a = {k: params_a[k].detach().to(self.device, torch.float64) for k in keys}
+        # A is owned (a copy even when already float64 on the device): `retarget` writes into it
+        self.a = {k: params_a[k].detach().to(self.device, torch.float64, copy=True) for k in keys}
+        # A's matrices also kept transposed: gathering columns costs ~10x gathering rows (measured:
+        # 20 of 512 float64 columns 27 us, rows 4 us), and the corrections gather both (`_slice`)
+        self.a_t = {k: v.T.contiguous() for k, v in self.a.items() if v.ndim == 2}
         self.b = {k: params_b[k].detach().to(self.device, torch.float64) for k in keys}
         self.sizes = spec.perm_sizes(self.a)
         self.const_parts: dict[str, list[tuple[str, int]]] = {}  # (param, axis) of p's const terms
@@ -327,7 +329,6 @@ class SimilarityTerms:
         """Perm p's similarity matrix for the current perms of B's other axes. ``copy=False``
         returns the kept matrix itself (no 2 MB copy a solve at n = 512): it stays valid until
         the next `similarity` of p or `retarget`, and must not be written to."""
-        n = self.sizes[p]
         sim = self.sums.get(p)
         if sim is None or self.corrections[p] >= self.REFRESH:
             sim = self._fresh(p, perms)
@@ -337,59 +338,83 @@ class SimilarityTerms:
                 moved = (perm != used).nonzero().flatten()
                 if moved.numel() == 0:
                     continue
-                sim.addmm_(_rows(self.a[k], axis, n)[:, moved], b_t[perm[moved]] - b_t[used[moved]])
+                sim.addmm_(self._slice(k, axis, moved, rows=False), b_t[perm[moved]] - b_t[used[moved]])
                 self.used[p][t] = perm.clone()
                 self.corrections[p] += 1
         return sim.clone() if copy else sim
 
-    def retarget(self, params_a: Mapping[str, Tensor], changed: Sequence[str] | None = None) -> None:
-        """Replace model A (same shapes), keeping B. Where the new A differs from the old on few
-        rows and columns of a term (MergeMany: the mean of the other models moves where their
-        permutations moved a few units), S_p is corrected by ``D[R] @ X`` on the changed rows R
-        and ``D[:, C] @ X[C]`` on the changed columns C of ``D = A_new - A_old``; elsewhere by
-        the dense ``D @ X``, as costly as a fresh product of that term. ``changed``: the only
-        parameters that may differ (all by default); the others are not read."""
-        keys = [k for k in (self.a if changed is None else changed) if k in self.a]
-        new = {k: params_a[k].detach().to(self.device, torch.float64) for k in keys}
-        for k in new:
-            if new[k].shape != self.a[k].shape:
-                raise ValueError(f"retarget: {k} has shape {tuple(new[k].shape)}, expected {tuple(self.a[k].shape)}")
-        diff = {k: new[k] - self.a[k] for k in new}
+    def retarget(self, params_a: Mapping[str, Tensor], moved: Mapping[str, Tensor]) -> None:
+        """Replace model A (same shapes), keeping B, where A changed only at ``moved``: for each
+        perm, the units (indices along its axes) where A may differ (MergeMany: the mean of the
+        other models moves where their permutations moved a few units). A is taken to differ
+        only on those rows and columns of each parameter; nothing else of ``params_a`` is read.
+        Every kept S_p is corrected by the change ``D = A_new - A_old`` of its terms: ``D[R] @ X``
+        on p's changed units R and ``D[:, C] @ X[C]`` on the other axis' changed units C, or,
+        past DENSE_FRACTION of the flops, by the dense ``D @ X`` (as costly as a fresh product)."""
+        moved = {q: u.to(self.device) for q, u in moved.items() if u.numel()}
+        keys = [k for k, axes in self.spec.axes_to_perm.items() if any(q in moved for q in axes)]
+        new = {}
+        for k in keys:
+            if params_a[k].shape != self.a[k].shape:
+                raise ValueError(f"retarget: {k} has shape {tuple(params_a[k].shape)}, expected {tuple(self.a[k].shape)}")
+            # A's changed slices, in float64: (axis, units, slice of the new A there) per moved axis
+            new[k] = [(axis, moved[q], params_a[k].detach().index_select(axis, moved[q].to(params_a[k].device))
+                       .to(self.device, torch.float64)) for axis, q in enumerate(self.spec.axes_to_perm[k]) if q in moved]
         for p, sim in list(self.sums.items()):
             n = self.sizes[p]
             for k, axis in self.const_parts[p]:
-                if k in diff:
-                    self.corrections[p] += self._correct(sim, _rows(diff[k], axis, n), _rows(self.b[k], axis, n).T)
+                if k in new:
+                    self.corrections[p] += self._correct_slices(sim, k, axis, new[k], _rows(self.b[k], axis, n).T)
             for (k, axis, b_t, _), used in zip(self.varying[p], self.used[p]):
-                if k in diff:
-                    self.corrections[p] += self._correct(sim, _rows(diff[k], axis, n), b_t, used)
-        self.a = {**self.a, **new}
+                if k in new:
+                    self.corrections[p] += self._correct_slices(sim, k, axis, new[k], b_t, used)
+        for k, slices in new.items():
+            for axis, units, values in slices:
+                self.a[k].index_copy_(axis, units, values)
+                if k in self.a_t:
+                    self.a_t[k].index_copy_(1 - axis, units, values.T)
 
-    def _correct(self, sim: Tensor, d: Tensor, x: Tensor, gather: Tensor | None = None) -> bool:
-        """Add ``d @ x[gather]`` to ``sim`` in place, on the rows and columns where ``d`` is
-        nonzero when they are few; False when ``d`` is zero (nothing to add)."""
-        # A changed row is (nearly) all nonzero, an unchanged one only on the changed columns;
-        # rows past the sparse fraction are taken whole, the columns left cover the rest exactly.
-        nz = d != 0
-        rows = nz.sum(1) > self.SPARSE_FRACTION * d.shape[1]
-        r = rows.nonzero().flatten()
-        # columns nonzero outside the rows taken whole: column counts less those rows' share
-        c = (nz.sum(0) - nz[r].sum(0) > 0).nonzero().flatten()
-        if r.numel() + c.numel() == 0:
-            return False
-        if r.numel() / d.shape[0] + c.numel() / d.shape[1] > self.DENSE_FRACTION:  # flops relative to dense
+    def _slice(self, k: str, axis: int, units: Tensor, rows: bool) -> Tensor:
+        """Rows (or columns) ``units`` of A's parameter k viewed as an (n, rest) matrix along
+        ``axis``, gathered as rows of whichever of A and its transpose holds them as rows."""
+        if k not in self.a_t:  # a vector: (n, 1)
+            return self.a[k].index_select(0, units).unsqueeze(1)
+        if rows:
+            return (self.a[k] if axis == 0 else self.a_t[k]).index_select(0, units)
+        return (self.a_t[k] if axis == 0 else self.a[k]).index_select(0, units).T
+
+    def _correct_slices(self, sim: Tensor, k: str, axis: int, slices: list, x: Tensor,
+                        gather: Tensor | None = None) -> bool:
+        """Add ``D @ x[gather]`` to ``sim``, D the change of parameter k viewed along ``axis``, which
+        is nonzero only on the given slices (rows of the view when the slice's axis is ``axis``,
+        columns otherwise)."""
+        old = _rows(self.a[k], axis, sim.shape[0])
+        rows = cols = None
+        for ax, units, values in slices:
+            if ax == axis:
+                rows = (units, _rows(values, axis, len(units)) - self._slice(k, axis, units, rows=True))
+            else:
+                cols = (units, _rows(values, axis, sim.shape[0]) - self._slice(k, axis, units, rows=False))
+        nr = 0 if rows is None else rows[0].numel()
+        nc = 0 if cols is None else cols[0].numel()
+        if nr / old.shape[0] + nc / old.shape[1] > self.DENSE_FRACTION:  # flops relative to dense
+            d = torch.zeros_like(old)
+            if cols is not None:
+                d.index_copy_(1, *cols)
+            if rows is not None:
+                d.index_copy_(0, *rows)
             sim.addmm_(d, x if gather is None else x.index_select(0, gather))
             return True
-        if r.numel():
-            dr = d[r]
+        if rows is not None:
+            dr = rows[1]
             if gather is not None:  # d[r] @ x[gather] == d[r][:, gather^-1] @ x: gathers |r| rows, not all of x
                 dr = dr.index_select(1, torch.argsort(gather))
-            sim.index_add_(0, r, dr @ x)
-        if c.numel():
-            xc = x[c] if gather is None else x.index_select(0, gather[c])
-            dc = d[:, c]
-            dc[r] = 0  # rows r were added whole above; zero rows add exactly 0.0
-            sim.addmm_(dc, xc)
+            sim.index_add_(0, rows[0], dr @ x)
+        if cols is not None:
+            units, dc = cols
+            if rows is not None:
+                dc.index_fill_(0, rows[0], 0.0)  # rows taken whole above; zero rows add exactly 0.0
+            sim.addmm_(dc, x[units] if gather is None else x.index_select(0, gather[units]))
         return True
 
     def objective(self, perms: Mapping[str, Tensor]) -> float:

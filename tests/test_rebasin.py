@@ -130,15 +130,15 @@ def test_retargeted_similarities_equal_fresh_ones(trained_pair, moved):
     terms = SimilarityTerms(spec, a, b)
     for p in spec.perm_names:  # fill the product cache at the current perms
         terms.similarity(p, perms)
-    shuffle = {}
+    shuffle, units = {}, {}
     for p, n in spec.perm_sizes(a).items():
         idx = torch.randperm(n, generator=g)[:moved]
         s = torch.arange(n)
         s[idx] = idx[torch.randperm(moved, generator=g)]
-        shuffle[p] = s
+        shuffle[p], units[p] = s, idx
     target = apply_permutation(spec, shuffle, a)
     kept = {p: terms.similarity(p, perms, copy=False) for p in spec.perm_names}
-    terms.retarget(target)
+    terms.retarget(target, units)
     for p in spec.perm_names:  # corrected in place (sparsely or densely), not dropped
         assert terms.similarity(p, perms, copy=False) is kept[p]
     fresh = SimilarityTerms(spec, target, b)
@@ -146,7 +146,7 @@ def test_retargeted_similarities_equal_fresh_ones(trained_pair, moved):
         got, want = terms.similarity(p, perms), fresh.similarity(p, perms)
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12 * want.abs().max().item())
     with pytest.raises(ValueError, match="hidden.0.weight has shape"):
-        terms.retarget({**target, "hidden.0.weight": target["hidden.0.weight"][:-1]})
+        terms.retarget({**target, "hidden.0.weight": target["hidden.0.weight"][:-1]}, units)
 
 
 def test_kept_similarities_stay_equal_to_fresh_ones_over_many_corrections(trained_pair):
@@ -172,7 +172,7 @@ def test_kept_similarities_stay_equal_to_fresh_ones_over_many_corrections(traine
             shuffle = identity_perms(spec, a)
             shuffle[q][idx] = idx[torch.randperm(k, generator=g)]
             target = apply_permutation(spec, shuffle, target)
-            terms.retarget(target)
+            terms.retarget(target, {q: idx})
         for p in spec.perm_names:
             got = terms.similarity(p, perms)
             want = SimilarityTerms(spec, target, b).similarity(p, perms)
@@ -184,24 +184,34 @@ def test_kept_similarities_stay_equal_to_fresh_ones_over_many_corrections(traine
     assert terms.similarity(spec.perm_names[0], perms).data_ptr() != kept.data_ptr()  # the default is a copy
 
 
-def test_retarget_reads_only_the_parameters_named_changed(trained_pair):
-    """`retarget(target, changed)`: the listed parameters are corrected, the others are taken as
-    unchanged and not read (here they hold NaN); the result equals terms built for the target."""
+@pytest.mark.parametrize("moved", [3, 40, 300])
+def test_retarget_with_moved_units_reads_only_those_slices(trained_pair, moved):
+    """`retarget(target, moved)`: A is taken to differ only on the rows and columns at the named
+    units of each perm. Those slices are corrected (sparsely, or densely past DENSE_FRACTION at
+    300 of 512 units) and nothing else is read: the other entries hold NaN here. Afterwards every
+    similarity, kept or computed afresh later, equals the one built for the target."""
     from audit.rebasin import SimilarityTerms
 
     _, (a, b) = trained_pair
     spec = mlp_permutation_spec(a)
+    g = torch.Generator().manual_seed(moved)
     perms = random_perms(spec, b, 3)
     terms = SimilarityTerms(spec, a, b)
     for p in spec.perm_names:
         terms.similarity(p, perms)
-    changed = ["hidden.1.weight", "hidden.1.bias"]
-    target = {k: v.clone() for k, v in a.items()}
-    for k in changed:
-        target[k] = target[k] + 0.01 * torch.randn(target[k].shape, generator=torch.Generator().manual_seed(1))
-    terms.retarget({k: (target[k] if k in changed else torch.full_like(v, float("nan"))) for k, v in a.items()},
-                   changed)
-    fresh = SimilarityTerms(spec, target, b)
+    units = {p: torch.randperm(n, generator=g)[:moved].sort().values for p, n in spec.perm_sizes(a).items()}
+    units.pop(spec.perm_names[0])  # a perm none of whose units moved
+    target, given = {}, {}
+    for k, v in a.items():
+        seen = torch.zeros(v.shape, dtype=torch.bool)
+        for axis, q in enumerate(spec.axes_to_perm.get(k, ())):  # normalization buffers: never permuted
+            if q in units:
+                seen.index_fill_(axis, units[q], True)
+        noise = torch.randn(v.shape, generator=g, dtype=v.dtype)
+        target[k] = torch.where(seen, v + 0.01 * noise, v)
+        given[k] = torch.where(seen, target[k], float("nan"))
+    terms.retarget(given, units)
     for p in spec.perm_names:
-        want = fresh.similarity(p, perms)
+        want = SimilarityTerms(spec, target, b).similarity(p, perms)
         torch.testing.assert_close(terms.similarity(p, perms), want, rtol=1e-12, atol=1e-12 * want.abs().max().item())
+        torch.testing.assert_close(terms._fresh(p, perms), want, rtol=1e-12, atol=1e-12 * want.abs().max().item())
