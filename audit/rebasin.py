@@ -352,24 +352,51 @@ class SimilarityTerms:
         on p's changed units R and ``D[:, C] @ X[C]`` on the other axis' changed units C, or,
         past DENSE_FRACTION of the flops, by the dense ``D @ X`` (as costly as a fresh product)."""
         moved = {q: u.to(self.device) for q, u in moved.items() if u.numel()}
-        keys = [k for k, axes in self.spec.axes_to_perm.items() if any(q in moved for q in axes)]
-        new = {}
-        for k in keys:
-            if params_a[k].shape != self.a[k].shape:
-                raise ValueError(f"retarget: {k} has shape {tuple(params_a[k].shape)}, expected {tuple(self.a[k].shape)}")
-            # A's changed slices, in float64: (axis, units, slice of the new A there) per moved axis
-            new[k] = [(axis, moved[q], params_a[k].detach().index_select(axis, moved[q].to(params_a[k].device))
-                       .to(self.device, torch.float64)) for axis, q in enumerate(self.spec.axes_to_perm[k]) if q in moved]
+        # Each parameter's change is computed once, in its own layout, and shared by the terms of
+        # both perms it touches: ``dense`` holds D whole, ``slices`` its changed rows/columns as
+        # {axis: (units, new values there, their change)}.
+        dense: dict[str, Tensor] = {}
+        slices: dict[str, dict[int, tuple[Tensor, Tensor, Tensor]]] = {}
+        for k, axes in self.spec.axes_to_perm.items():
+            if not any(q in moved for q in axes):
+                continue
+            w = params_a[k].detach()
+            if w.shape != self.a[k].shape:
+                raise ValueError(f"retarget: {k} has shape {tuple(w.shape)}, expected {tuple(self.a[k].shape)}")
+            if any(q in moved and moved[q].numel() == self.sizes[q] for q in axes):
+                # every unit of one of its axes moved (early MergeMany passes): all of k may
+                # differ, so it is read whole, without gathers or scatters
+                new = w.to(self.device, torch.float64, copy=True)
+                dense[k] = new - self.a[k]
+                self.a[k] = new
+                if new.ndim == 2:
+                    self.a_t[k] = new.T.contiguous()
+                continue
+            slices[k] = {}
+            for axis, q in enumerate(axes):
+                if q in moved:
+                    units = moved[q]
+                    values = w.index_select(axis, units.to(w.device)).to(self.device, torch.float64)
+                    old = self._slice(k, 0, units, rows=True) if axis == 0 else self._slice(k, 0, units, rows=False)
+                    slices[k][axis] = (units, values, values - old.reshape(values.shape))
+            if sum(u.numel() / self.a[k].shape[ax] for ax, (u, _, _) in slices[k].items()) > self.DENSE_FRACTION:
+                d = torch.zeros_like(self.a[k])
+                for ax, (u, _, du) in slices[k].items():
+                    d.index_copy_(ax, u, du)
+                dense[k] = d
         for p, sim in list(self.sums.items()):
             n = self.sizes[p]
-            for k, axis in self.const_parts[p]:
-                if k in new:
-                    self.corrections[p] += self._correct_slices(sim, k, axis, new[k], _rows(self.b[k], axis, n).T)
-            for (k, axis, b_t, _), used in zip(self.varying[p], self.used[p]):
-                if k in new:
-                    self.corrections[p] += self._correct_slices(sim, k, axis, new[k], b_t, used)
-        for k, slices in new.items():
-            for axis, units, values in slices:
+            for k, axis, x, gather in ([(k, axis, _rows(self.b[k], axis, n).T, None) for k, axis in self.const_parts[p]]
+                                       + [(k, axis, b_t, used) for (k, axis, b_t, _), used
+                                          in zip(self.varying[p], self.used[p])]):
+                if k in dense:
+                    sim.addmm_(_rows(dense[k], axis, n), x if gather is None else x.index_select(0, gather))
+                    self.corrections[p] += 1
+                elif k in slices:
+                    self._correct_slices(sim, axis, slices[k], x, gather)
+                    self.corrections[p] += 1
+        for k, by_axis in slices.items():
+            for axis, (units, values, _) in by_axis.items():
                 self.a[k].index_copy_(axis, units, values)
                 if k in self.a_t:
                     self.a_t[k].index_copy_(1 - axis, units, values.T)
@@ -383,39 +410,27 @@ class SimilarityTerms:
             return (self.a[k] if axis == 0 else self.a_t[k]).index_select(0, units)
         return (self.a_t[k] if axis == 0 else self.a[k]).index_select(0, units).T
 
-    def _correct_slices(self, sim: Tensor, k: str, axis: int, slices: list, x: Tensor,
-                        gather: Tensor | None = None) -> bool:
-        """Add ``D @ x[gather]`` to ``sim``, D the change of parameter k viewed along ``axis``, which
-        is nonzero only on the given slices (rows of the view when the slice's axis is ``axis``,
-        columns otherwise)."""
-        old = _rows(self.a[k], axis, sim.shape[0])
-        rows = cols = None
-        for ax, units, values in slices:
-            if ax == axis:
-                rows = (units, _rows(values, axis, len(units)) - self._slice(k, axis, units, rows=True))
-            else:
-                cols = (units, _rows(values, axis, sim.shape[0]) - self._slice(k, axis, units, rows=False))
-        nr = 0 if rows is None else rows[0].numel()
-        nc = 0 if cols is None else cols[0].numel()
-        if nr / old.shape[0] + nc / old.shape[1] > self.DENSE_FRACTION:  # flops relative to dense
-            d = torch.zeros_like(old)
-            if cols is not None:
-                d.index_copy_(1, *cols)
-            if rows is not None:
-                d.index_copy_(0, *rows)
-            sim.addmm_(d, x if gather is None else x.index_select(0, gather))
-            return True
+    @staticmethod
+    def _correct_slices(sim: Tensor, axis: int, by_axis: dict, x: Tensor, gather: Tensor | None = None) -> None:
+        """Add ``D @ x[gather]`` to ``sim``, D the change of a parameter viewed along ``axis``
+        (an (n, rest) matrix), nonzero only on the slices ``by_axis`` holds: its rows R at p's
+        units, its columns C at the other axis' units. ``D[R] @ x`` is added to rows R, and the
+        columns' part, with rows R zeroed, as ``D[:, C] @ x[C]``."""
+        n = sim.shape[0]
+        rows = by_axis.get(axis)
+        other = [a for a in by_axis if a != axis]
         if rows is not None:
-            dr = rows[1]
+            units, _, du = rows
+            dr = _rows(du, axis, units.numel())
             if gather is not None:  # d[r] @ x[gather] == d[r][:, gather^-1] @ x: gathers |r| rows, not all of x
                 dr = dr.index_select(1, torch.argsort(gather))
-            sim.index_add_(0, rows[0], dr @ x)
-        if cols is not None:
-            units, dc = cols
-            if rows is not None:
-                dc.index_fill_(0, rows[0], 0.0)  # rows taken whole above; zero rows add exactly 0.0
+            sim.index_add_(0, units, dr @ x)
+        if other:
+            units, _, du = by_axis[other[0]]
+            dc = _rows(du, axis, n)
+            if rows is not None:  # rows R were added whole above; zero rows add exactly 0.0
+                dc = dc.index_fill(0, rows[0], 0.0)
             sim.addmm_(dc, x[units] if gather is None else x.index_select(0, gather[units]))
-        return True
 
     def objective(self, perms: Mapping[str, Tensor]) -> float:
         # B permuted is kept per parameter with the perms it was permuted by: a later call (the

@@ -184,12 +184,13 @@ def test_kept_similarities_stay_equal_to_fresh_ones_over_many_corrections(traine
     assert terms.similarity(spec.perm_names[0], perms).data_ptr() != kept.data_ptr()  # the default is a copy
 
 
-@pytest.mark.parametrize("moved", [3, 40, 300])
+@pytest.mark.parametrize("moved", [3, 40, 300, 512])
 def test_retarget_with_moved_units_reads_only_those_slices(trained_pair, moved):
     """`retarget(target, moved)`: A is taken to differ only on the rows and columns at the named
-    units of each perm. Those slices are corrected (sparsely, or densely past DENSE_FRACTION at
-    300 of 512 units) and nothing else is read: the other entries hold NaN here. Afterwards every
-    similarity, kept or computed afresh later, equals the one built for the target."""
+    units of each perm. Those slices are corrected (sparsely; densely past DENSE_FRACTION at 300
+    of 512 units; whole where all 512 moved) and nothing else is read: the other entries hold NaN
+    here. Afterwards every similarity, kept or computed afresh later, equals the one built for
+    the target."""
     from audit.rebasin import SimilarityTerms
 
     _, (a, b) = trained_pair
