@@ -74,6 +74,7 @@ def run_tasks(fn: Callable, tasks: Sequence[Task], on_result: Callable[[Task, ob
 def _run_processes(fn, tasks, done, workers: int, common: tuple) -> None:
     import multiprocessing as mp
 
+    _quiet_dropped_handshakes()
     # spawn, not fork: the driver may hold torch threads and open MLflow connections.
     pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_exit_with_parent,
                                initargs=(os.getpid(),))
@@ -95,6 +96,31 @@ def _run_processes(fn, tasks, done, workers: int, common: tuple) -> None:
             proc.terminate()
         raise
     pool.shutdown(wait=True)
+
+
+def _quiet_dropped_handshakes() -> None:
+    """Tensors reach the workers through shared memory whose file descriptors a background thread
+    of the driver hands out (multiprocessing's resource sharer). A worker stopped by Ctrl-C in
+    the middle of that handshake leaves the thread a ConnectionResetError or EOFError, which it
+    prints as a traceback through ``sys.excepthook`` although nothing is wrong (a worker that
+    truly died is reported as a TaskError, through BrokenProcessPool). This drops those errors
+    from threads other than the main one; everything else reaches the previous hook. It stays
+    installed: the thread can report one after the pool is gone, until the process exits."""
+    import sys
+    import threading
+
+    previous = sys.excepthook
+    if getattr(previous, "_drops_handshakes", False):
+        return
+
+    def hook(exc_type, exc, tb):
+        dropped = issubclass(exc_type, (ConnectionError, EOFError))
+        if dropped and threading.current_thread() is not threading.main_thread():
+            return
+        previous(exc_type, exc, tb)
+
+    hook._drops_handshakes = True
+    sys.excepthook = hook
 
 
 def _exit_with_parent(parent: int, every: float = 0.5) -> None:

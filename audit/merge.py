@@ -65,7 +65,8 @@ def _reaverage(target: Weights, rest: Sequence[Mapping[str, Tensor]], spec: Perm
     for k, axes in spec.axes_to_perm.items():
         for axis, q in enumerate(axes):
             if q in units and target[k].is_floating_point():
-                target[k].index_copy_(axis, units[q], _average([p[k].index_select(axis, units[q]) for p in rest]))
+                idx = units[q].to(target[k].device)
+                target[k].index_copy_(axis, idx, _average([p[k].index_select(axis, idx) for p in rest]))
 
 
 def _child_seed(rng: np.random.Generator) -> int:

@@ -56,3 +56,31 @@ def test_ray_workers_use_the_clusters_python_even_under_uv_run(monkeypatch):
     assert "py_executable" in (worker._maybe_modify_runtime_env(dict(env), False) or {})  # what Ray would do
     _ray_without_uv_workers()
     assert worker._maybe_modify_runtime_env(dict(env), False) == env
+
+
+def test_dropped_handshakes_of_stopped_workers_print_no_traceback(monkeypatch, capsys):
+    """A worker stopped by Ctrl-C mid-handshake with the driver's fd-sharing thread leaves that
+    thread a ConnectionResetError, which it reports through sys.excepthook: dropped there, in
+    threads other than the main one only; any other error still reaches the previous hook."""
+    import sys
+    import threading
+
+    from audit.executor import _quiet_dropped_handshakes
+
+    seen = []
+    monkeypatch.setattr(sys, "excepthook", lambda t, e, tb: seen.append((t, threading.current_thread().name)))
+    _quiet_dropped_handshakes()
+    _quiet_dropped_handshakes()  # installed once, not stacked
+
+    def report(exc):
+        try:
+            raise exc
+        except BaseException:
+            sys.excepthook(*sys.exc_info())
+
+    for exc in (ConnectionResetError(104, "Connection reset by peer"), EOFError(), ValueError("a real bug")):
+        t = threading.Thread(target=report, args=(exc,), name="sharer")
+        t.start()
+        t.join()
+    report(ConnectionResetError(104, "in the main thread"))
+    assert seen == [(ValueError, "sharer"), (ConnectionResetError, threading.main_thread().name)]
