@@ -101,11 +101,12 @@ def _run_processes(fn, tasks, done, workers: int, common: tuple) -> None:
 def _quiet_dropped_handshakes() -> None:
     """Tensors reach the workers through shared memory whose file descriptors a background thread
     of the driver hands out (multiprocessing's resource sharer). A worker stopped by Ctrl-C in
-    the middle of that handshake leaves the thread a ConnectionResetError or EOFError, which it
-    prints as a traceback through ``sys.excepthook`` although nothing is wrong (a worker that
-    truly died is reported as a TaskError, through BrokenProcessPool). This drops those errors
-    from threads other than the main one; everything else reaches the previous hook. It stays
-    installed: the thread can report one after the pool is gone, until the process exits."""
+    the middle of that handshake leaves the thread a ConnectionError (reset, broken pipe) or an
+    EOFError, which it prints as a traceback through ``sys.excepthook`` although nothing is wrong
+    (a worker that truly died is reported as a TaskError, through BrokenProcessPool). This drops
+    those errors when a thread other than the main one reports them (threads' own uncaught errors
+    go through ``threading.excepthook``, untouched); everything else reaches the previous hook.
+    It stays installed: the thread can report one after the pool is gone, until the process exits."""
     import sys
     import threading
 

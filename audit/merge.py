@@ -114,7 +114,7 @@ def merge_many(params_list: Sequence[Mapping[str, Tensor]], spec: PermutationSpe
     only moves when it raises <mean of others, model i> by more than 1e-12, "no change" is the
     reference code's "no L2 progress". The result is the mean of the permuted models.
 
-    Three things make late passes cheap without changing what is found (tested equal to the
+    Four things make late passes cheap without changing what is found (tested equal to the
     plain algorithm on trained models):
     * model i is matched in its original unit order, starting from its current permutation, so
       its similarity terms are kept from pass to pass and only corrected where the mean of the
@@ -137,7 +137,7 @@ def merge_many(params_list: Sequence[Mapping[str, Tensor]], spec: PermutationSpe
     warm: list[dict] = [{} for _ in range(n)]
     moves = 0  # models moved so far; ``settled[i]`` is its value after i's last converged matching
     settled: list[int | None] = [None] * n
-    # the moves so far, in order: (model, perm -> the units of its current order that changed)
+    # the moves so far, in order: (model, perm -> the positions of its permuted order whose unit changed)
     log: list[tuple[int, dict[str, Tensor]]] = []
     targets: list[Weights | None] = [None] * n  # mean of the others, as of moves == target_at[i]
     target_at = [0] * n

@@ -261,7 +261,7 @@ class SimilarityTerms:
     W_a as an (n, rest) matrix. If no other axis is permuted, its product with W_b is constant in
     the perms (a "const" term). Otherwise the parameter is a matrix whose other axis is permuted
     by q (a "varying" term), and W_b is kept transposed, (rest, n), so that permuting by q is a
-    cheap row gather (a column gather costs ~20x more).
+    cheap row gather (a column gather costs ~10x more).
 
     Perm p's similarity ``S_p = sum of its terms`` is kept as one matrix, with the perm each
     varying term was last evaluated at. When q has since moved on units K, S_p is corrected in
@@ -351,7 +351,8 @@ class SimilarityTerms:
         Every kept S_p is corrected by the change ``D = A_new - A_old`` of its terms: ``D[R] @ X``
         on p's changed units R and ``D[:, C] @ X[C]`` on the other axis' changed units C, or,
         past DENSE_FRACTION of the flops, by the dense ``D @ X`` (as costly as a fresh product)."""
-        moved = {q: u.to(self.device) for q, u in moved.items() if u.numel()}
+        # distinct units: a repeated one would be corrected twice (index_add_)
+        moved = {q: torch.unique(u.to(self.device)) for q, u in moved.items() if u.numel()}
         # Each parameter's change is computed once, in its own layout, and shared by the terms of
         # both perms it touches: ``dense`` holds D whole, ``slices`` its changed rows/columns as
         # {axis: (units, new values there, their change)}.

@@ -190,6 +190,16 @@ def test_fast_merge_many_equals_the_plain_algorithm_on_small_random_models(monke
         return inner(self, params_a, moved)
 
     monkeypatch.setattr(SimilarityTerms, "retarget", spy)
+    import audit.merge as merge_module
+
+    reaverage, checked = merge_module._reaverage, []
+
+    def fresh_check(target, rest, spec, units):  # a re-averaged target is bitwise a fresh mean
+        reaverage(target, rest, spec, units)
+        fresh = merge_module._mean(rest)
+        checked.append(all(torch.equal(target[k], fresh[k]) for k in target))
+
+    monkeypatch.setattr(merge_module, "_reaverage", fresh_check)
     for n, seed in [(3, 0), (4, 1), (5, 2), (6, 3)]:
         torch.manual_seed(seed)
         models = [MLP(12, (10, 8, 6), 3).state_dict() for _ in range(n)]
@@ -200,6 +210,7 @@ def test_fast_merge_many_equals_the_plain_algorithm_on_small_random_models(monke
         for k in plain:
             assert torch.equal(fast.params[k], plain[k]), (n, seed, k)
     assert any(partial)  # some retargets left units out
+    assert checked and all(checked)
 
 
 @pytest.mark.slow
