@@ -268,8 +268,8 @@ class SimilarityTerms:
     place by the rank-|K| update ``A[:, K] @ (B_t[q_new[K]] - B_t[q_old[K]])`` (a term is a sum
     over q's units): late sweeps move a handful of units, so this costs |K|/n of a product, and
     nothing is re-summed. When A is replaced (`retarget`), S_p is corrected the same way on the
-    rows and columns at the units where A changed. Rounding drift is bounded by recomputing S_p from scratch
-    after ``REFRESH`` corrections.
+    rows and columns at the units where A changed. Rounding drift is bounded by recomputing S_p
+    from scratch after ``REFRESH`` corrections.
     """
 
     # A retarget's sparse correction's two products cost |R|/n + |C|/m of the dense one (D is
@@ -378,7 +378,7 @@ class SimilarityTerms:
                 if q in moved:
                     units = moved[q]
                     values = w.index_select(axis, units.to(w.device)).to(self.device, torch.float64)
-                    old = self._slice(k, 0, units, rows=True) if axis == 0 else self._slice(k, 0, units, rows=False)
+                    old = self._slice(k, 0, units, rows=axis == 0)  # A's rows (axis 0) or columns there
                     slices[k][axis] = (units, values, values - old.reshape(values.shape))
             if sum(u.numel() / self.a[k].shape[ax] for ax, (u, _, _) in slices[k].items()) > self.DENSE_FRACTION:
                 d = torch.zeros_like(self.a[k])
