@@ -135,11 +135,10 @@ def merge_many(params_list: Sequence[Mapping[str, Tensor]], spec: PermutationSpe
     perms = [identity_perms(spec, p) for p in params_list]  # model i's units -> its current order
     terms: list[SimilarityTerms | None] = [None] * n
     warm: list[dict] = [{} for _ in range(n)]
-    moves = 0  # models moved so far; ``settled[i]`` is its value after i's last converged matching
-    settled: list[int | None] = [None] * n
     # the moves so far, in order: (model, perm -> the positions of its permuted order whose unit changed)
     log: list[tuple[int, dict[str, Tensor]]] = []
-    targets: list[Weights | None] = [None] * n  # mean of the others, as of moves == target_at[i]
+    settled: list[int | None] = [None] * n  # len(log) after i's last converged matching
+    targets: list[Weights | None] = [None] * n  # mean of the others, as of len(log) == target_at[i]
     target_at = [0] * n
     history = []
     converged = n == 1
@@ -151,7 +150,7 @@ def merge_many(params_list: Sequence[Mapping[str, Tensor]], spec: PermutationSpe
         for i in order:
             s = _child_seed(rng)
             seeds.append(s)
-            if settled[i] == moves:
+            if settled[i] == len(log):
                 skipped += 1
                 continue
             rest = [current[j] for j in range(n) if j != i]
@@ -163,7 +162,7 @@ def merge_many(params_list: Sequence[Mapping[str, Tensor]], spec: PermutationSpe
                 if units:
                     _reaverage(targets[i], rest, spec, units)
                     terms[i].retarget(targets[i], units)
-            target_at[i] = moves
+            target_at[i] = len(log)
             match = match_terms(terms[i], seed=s, max_iter=match_max_iter, init_perms=perms[i], warm=warm[i],
                                 absolute=False)  # only its perms are used
             sweeps += match.sweeps
@@ -178,8 +177,7 @@ def merge_many(params_list: Sequence[Mapping[str, Tensor]], spec: PermutationSpe
                 keys = {k for p in moved for k, _ in spec.perm_to_axes[p]}
                 current[i] = {**current[i], **apply_permutation(spec, perms[i], {k: params_list[i][k] for k in keys})}
                 changed.append(names[i])
-                moves += 1
-            settled[i] = moves if match.converged else None
+            settled[i] = len(log) if match.converged else None
         history.append({"order": [names[i] for i in order], "seeds": seeds, "changed": changed,
                         "inner_sweeps": sweeps, "inner_solves": solves, "inner_certified": certified,
                         "inner_exchanged": exchanged, "skipped": skipped})
