@@ -79,9 +79,16 @@ def solve_assignment(sim: np.ndarray, warm: AssignmentState | None = None, *,
         raise ValueError(f"solve_assignment needs a square matrix, got shape {sim.shape}")
     n = sim.shape[0]
     cost = _cost_buffer(n)
-    largest = _load_cost(sim, -1.0 if maximize else 1.0, cost)
-    if largest < 0:
+    if maximize:
+        np.negative(sim, out=cost)  # exact
+    else:
+        np.copyto(cost, sim)
+    # numpy's max and min propagate NaN and vectorize: this and the copy take ~0.12 ms at
+    # n = 512, against ~0.27 ms for one compiled loop that also checks each entry
+    top, bottom = (cost.max(), cost.min()) if n else (0.0, 0.0)
+    if not (np.isfinite(top) and np.isfinite(bottom)):
         raise ValueError("solve_assignment: the matrix has NaN or infinite entries")
+    largest = max(float(top), -float(bottom))
     col4row = np.full(n, -1, dtype=np.int64)
     row4col = np.full(n, -1, dtype=np.int64)
     u = np.zeros(n)
@@ -132,23 +139,6 @@ def _cost_buffer(n: int) -> np.ndarray:
     if n not in bufs:
         bufs[n] = np.empty((n, n))
     return bufs[n]
-
-
-@njit(cache=True, nogil=True)
-def _load_cost(sim, sign, cost):
-    """``cost = sign * sim`` (exact for sign +-1); returns the largest |entry|, or -1.0 when an
-    entry is NaN or infinite. One pass, no temporaries."""
-    n = sim.shape[0]
-    largest = 0.0
-    for i in range(n):
-        for j in range(n):
-            x = sim[i, j]
-            if not np.isfinite(x):
-                return -1.0
-            cost[i, j] = sign * x
-            if abs(x) > largest:
-                largest = abs(x)
-    return largest
 
 
 # Row scans (O(n) each, in units of n) the certificate search may spend before it gives up and

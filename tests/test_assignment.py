@@ -124,8 +124,11 @@ def test_degenerate_matrices(m):
 def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="square"):
         solve_assignment(np.zeros((2, 3)))
-    with pytest.raises(ValueError, match="NaN"):
-        solve_assignment(np.array([[0.0, np.nan], [1.0, 2.0]]))
+    for bad in (np.nan, np.inf, -np.inf):  # each caught whether the matrix is negated or not
+        for maximize in (True, False):
+            with pytest.raises(ValueError, match="NaN or infinite"):
+                solve_assignment(np.array([[0.0, bad], [1.0, 2.0]]), maximize=maximize)
+    assert solve_assignment(np.zeros((0, 0))).col.size == 0
     with pytest.raises(ValueError, match="warm state is for 3 rows"):
         solve_assignment(np.zeros((2, 2)), solve_assignment(np.zeros((3, 3))))
 
