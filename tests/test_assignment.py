@@ -46,7 +46,8 @@ def test_cold_solves_equal_scipy_exactly_ties_included():
 @pytest.mark.parametrize("scale", [0.0, 1e-9, 1e-6, 1e-3, 1e-1, 10.0])
 def test_warm_solves_are_optimal_after_any_change(scale):
     """Warm-started from the previous matrix's state: optimal for the new matrix, the same
-    assignment as scipy (continuous entries: the optimum is unique), valid duals."""
+    assignment as scipy (continuous entries: the optimum is unique), valid duals; with the
+    certificate search or without it (``certify=False``: repaired at once)."""
     rng = np.random.default_rng(1)
     for t in range(300):
         n = int(rng.integers(1, 60))
@@ -59,6 +60,10 @@ def test_warm_solves_are_optimal_after_any_change(scale):
         check_duals(m2, st)
         if scale == 0.0:
             assert st.certified  # an unchanged matrix is proven optimal without solving
+        repaired = solve_assignment(m2, prev, certify=False)  # the repair alone finds it too
+        np.testing.assert_array_equal(repaired.col, col)
+        check_duals(m2, repaired)
+        assert repaired.exchanges == 0
 
 
 def test_certificate_applies_planted_improving_exchanges():
