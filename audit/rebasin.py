@@ -230,9 +230,11 @@ def match_terms(terms: "SimilarityTerms", *, seed: int = 0, max_iter: int = 100,
             states[p] = state
             certified += state.certified
             exchanged += state.exchanges > 0
-            col = state.col
+            col, cur = state.col, perms[p].cpu().numpy()
+            if np.array_equal(col, cur):  # no gain; spares two scattered reads of S (~0.1 ms at n = 512)
+                continue
             rows = np.arange(len(col))
-            new, old = s[rows, col].sum(), s[rows, perms[p].cpu().numpy()].sum()
+            new, old = s[rows, col].sum(), s[rows, cur].sum()
             if new > old + IMPROVEMENT_TOL:
                 perms[p] = torch.from_numpy(col).to(dev)
                 changes[p] += 1
