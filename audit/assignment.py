@@ -70,8 +70,9 @@ def solve_assignment(sim: np.ndarray, warm: AssignmentState | None = None, *,
                      maximize: bool = True, certify: bool = True) -> AssignmentState:
     """Optimal assignment of a square matrix ``sim`` (maximised by default), warm-started from
     ``warm`` (a state of an earlier solve of a matrix of the same size) when given.
-    ``certify=False`` skips the certificate search and repairs the warm start at once: the same
-    optimum, faster where the old assignment is known to be far from it.
+    ``certify=False`` skips the certificate search and repairs the warm start at once: an optimum
+    as well (the same one wherever it is unique), faster where the old assignment is known to be
+    far from it.
 
     Returns the state: ``col[i]`` is the column of row i. Duals refer to the minimised cost
     ``-sim`` when maximising.

@@ -31,8 +31,9 @@ Weights = dict[str, Tensor]  # a model's state dict (its weights; "params" names
 # the early sweeps of a matching) is solved without the certificate search: such a change is
 # rarely undone by a few exchanges. Measured at one thread on 8 MNIST pair matchings and a
 # MergeMany of 4: 106 of the 110 searches this skips would have failed after their full 4n scans
-# (~0.7 ms each at n = 512); skipping them saved 0.07 s and 0.10 s of search (of ~2.1 s and
-# ~4.5 s), with the same results.
+# (1-2 ms each at n = 512); skipping them saved 0.07 s and 0.07-0.10 s of search (of ~2.1 s and
+# ~4.5 s in all), with the same results. Where the optimum is tied, the repair may return
+# another of the optima than the search would have kept.
 REPAIRED_CERTIFY_LIMIT = 0.5
 
 # Minimum objective gain that counts as progress (same threshold as the reference code). The
@@ -213,7 +214,7 @@ def match_terms(terms: "SimilarityTerms", *, seed: int = 0, max_iter: int = 100,
         return seen.get(p) != {q: changes[q] for q in terms.neighbours[p]}
 
     def solve(batch: list[str]) -> float:
-        """Solve mutually independent perms from the current state (concurrently: scipy releases
+        """Solve mutually independent perms from the current state (concurrently: the solver releases
         the GIL) and return the objective gain; the same as solving them one after another."""
         sims = []
         for p in batch:
@@ -226,9 +227,9 @@ def match_terms(terms: "SimilarityTerms", *, seed: int = 0, max_iter: int = 100,
         nonlocal solves, certified, exchanged
         solves += len(batch)
         gain = 0.0
-        for p, s, state in zip(batch, sims, done):
+        for p, s, state, searched in zip(batch, sims, done, certify):
             states[p] = state
-            certified += state.certified
+            certified += state.certified and searched  # a repair that re-assigned no row is no certificate
             exchanged += state.exchanges > 0
             col, cur = state.col, perms[p].cpu().numpy()
             if np.array_equal(col, cur):  # no gain; spares two scattered reads of S (~0.1 ms at n = 512)

@@ -63,13 +63,22 @@ def test_planted_permutation_is_recovered(seed):
 
 
 @pytest.mark.parametrize("seed", [0, 3, 7])
-def test_shortcuts_give_exactly_the_plain_algorithm(trained_pair, seed):
-    """Caching, skipping and concurrent solving must not change a single decision."""
+def test_shortcuts_give_exactly_the_plain_algorithm(trained_pair, seed, monkeypatch):
+    """Caching, skipping, concurrent solving and solving without the certificate search after a
+    solve that re-assigned most rows must not change a single decision."""
+    import audit.rebasin as rebasin
+
     _, (a, b) = trained_pair
     spec = mlp_permutation_spec(a)
     ref_perms, ref_hist = weight_matching_plain(spec, a, b, seed=seed)
+    calls, solve = [], rebasin._solve
+    monkeypatch.setattr(rebasin, "_solve", lambda sim, warm, certify: calls.append((warm, certify)) or
+                        solve(sim, warm, certify))
     res = weight_matching(spec, a, b, seed=seed)
     assert res.sweeps == len(ref_hist) > 1
+    warm = [(w, c) for w, c in calls if w is not None]
+    assert {c for _, c in warm} == {True, False}  # both paths were taken in the run compared
+    assert all(c == (w.repaired <= rebasin.REPAIRED_CERTIFY_LIMIT * w.col.size) for w, c in warm)
     for p in ref_perms:
         assert torch.equal(res.perms[p], ref_perms[p])
     np.testing.assert_allclose(res.objective, ref_hist, rtol=1e-12)
