@@ -466,6 +466,7 @@ class SimilarityTerms:
 
 
 def _solve(sim: np.ndarray, warm: AssignmentState | None, certify: bool) -> AssignmentState:
+    """`solve_assignment` with ``certify`` positional, as the pool's ``map`` passes it."""
     return solve_assignment(sim, warm, certify=certify)
 
 
