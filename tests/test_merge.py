@@ -176,11 +176,17 @@ def merge_many_plain(models, spec, seed, max_iter=100):
     return _mean(current)
 
 
-def test_fast_merge_many_equals_the_plain_algorithm_on_small_random_models(monkeypatch):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fast_merge_many_equals_the_plain_algorithm_on_small_random_models(monkeypatch, threads):
     """The fast MergeMany, whose targets are re-averaged only on the slices other models' moves
-    changed, equals the plain algorithm bitwise: 3 to 6 random MLPs, several seeds, with partial
-    re-averaging taking place."""
+    changed (or whole where most moved), equals the plain algorithm bitwise: 3 to 6 random MLPs,
+    several seeds, with partial re-averaging taking place, independent perms solved in threads
+    (P_0 and P_2 share no parameter) or, at one torch thread, one after another."""
+    import audit.rebasin as rebasin
     from audit.rebasin import SimilarityTerms
+
+    pool, pooled = rebasin._pool, []
+    monkeypatch.setattr(rebasin, "_pool", lambda: pooled.append(1) or pool())
 
     partial = []
     inner = SimilarityTerms.retarget
@@ -192,25 +198,36 @@ def test_fast_merge_many_equals_the_plain_algorithm_on_small_random_models(monke
     monkeypatch.setattr(SimilarityTerms, "retarget", spy)
     import audit.merge as merge_module
 
-    reaverage, checked = merge_module._reaverage, []
+    reaverage, checked, ways = merge_module._reaverage, [], set()
 
     def fresh_check(target, rest, spec, units):  # a re-averaged target is bitwise a fresh mean
         reaverage(target, rest, spec, units)
         fresh = merge_module._mean(rest)
         checked.append(all(torch.equal(target[k], fresh[k]) for k in target))
+        for k, axes in spec.axes_to_perm.items():  # which way each parameter was re-averaged
+            share = sum(units[q].numel() / target[k].shape[ax] for ax, q in enumerate(axes) if q in units)
+            if share:
+                ways.add(share > merge_module.WHOLE_FRACTION)
 
     monkeypatch.setattr(merge_module, "_reaverage", fresh_check)
-    for n, seed in [(3, 0), (4, 1), (5, 2), (6, 3)]:
-        torch.manual_seed(seed)
-        models = [MLP(12, (10, 8, 6), 3).state_dict() for _ in range(n)]
-        spec = mlp_permutation_spec(models[0])
-        fast = merge_many(models, spec, seed=seed)
-        plain = merge_many_plain(models, spec, seed)
-        assert fast.provenance["converged"]
-        for k in plain:
-            assert torch.equal(fast.params[k], plain[k]), (n, seed, k)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for n, seed in [(3, 0), (4, 1), (5, 2), (6, 3)]:
+            torch.manual_seed(seed)
+            models = [MLP(12, (10, 8, 6), 3).state_dict() for _ in range(n)]
+            spec = mlp_permutation_spec(models[0])
+            fast = merge_many(models, spec, seed=seed)
+            plain = merge_many_plain(models, spec, seed)
+            assert fast.provenance["converged"]
+            for k in plain:
+                assert torch.equal(fast.params[k], plain[k]), (n, seed, k)
+    finally:
+        torch.set_num_threads(before)
     assert any(partial)  # some retargets left units out
     assert checked and all(checked)
+    assert ways == {True, False}  # parameters re-averaged whole and by their moved slices
+    assert bool(pooled) == (threads > 1)  # solved in threads only where torch has more than one
 
 
 @pytest.mark.slow
