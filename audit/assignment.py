@@ -20,7 +20,7 @@ dual variables and repairs only what the change broke:
 
 Every exit is an optimal assignment, so results equal scipy's wherever the optimum is unique; a
 cold call (no warm state) performs exactly scipy's sequence of augmentations, ties broken the
-same way.
+same way, unless it is asked to start with row reduction (faster, see `solve_assignment`).
 
 Why hand-written: scipy's ``linear_sum_assignment`` returns no duals and takes no starting
 point, and the packages on PyPI that do (lap, lapx, lapsolver) were 2-5x slower than scipy on
@@ -67,12 +67,18 @@ class AssignmentState:
 
 
 def solve_assignment(sim: np.ndarray, warm: AssignmentState | None = None, *,
-                     maximize: bool = True, certify: bool = True) -> AssignmentState:
+                     maximize: bool = True, certify: bool = True, reduce_cold: bool = False) -> AssignmentState:
     """Optimal assignment of a square matrix ``sim`` (maximised by default), warm-started from
     ``warm`` (a state of an earlier solve of a matrix of the same size) when given.
     ``certify=False`` skips the certificate search and repairs the warm start at once: an optimum
     as well (the same one wherever it is unique), faster where the old assignment is known to be
-    far from it.
+    far from it. ``reduce_cold=True`` starts a cold solve with two rounds of augmenting row
+    reduction from zero column duals and augments only the rows they leave free (Jonker &
+    Volgenant's initialisation, without their column reduction, which was slower here): on the
+    first 512x512 similarity matrices of 4 pairs of trained MNIST MLPs (1 thread, medians of 7)
+    3.5-8.4 ms against 8.7-14 ms for scipy's augmentations alone (this function's default) and
+    7.7-12 ms for scipy itself. An optimum as well, the same one wherever it is unique; under
+    ties not necessarily scipy's.
 
     Returns the state: ``col[i]`` is the column of row i. Duals refer to the minimised cost
     ``-sim`` when maximising.
@@ -100,6 +106,8 @@ def solve_assignment(sim: np.ndarray, warm: AssignmentState | None = None, *,
         if warm.col.shape != (n,):
             raise ValueError(f"warm state is for {warm.col.size} rows, the matrix has {n}")
         old = np.ascontiguousarray(warm.col, dtype=np.int64)
+        if n and (old.min() < 0 or old.max() >= n or np.bincount(old, minlength=n).max() > 1):
+            raise ValueError("warm state's assignment is not a permutation of the columns")
         col = old.copy()
         # Column duals only ever fall (every step below lowers them), so over many warm solves
         # they drift away from the costs' scale; shifting them all by one constant changes no
@@ -126,6 +134,10 @@ def solve_assignment(sim: np.ndarray, warm: AssignmentState | None = None, *,
         _row_duals(cost, v, u)
         _augment_free_rows(cost, u, v, col4row, row4col)
         return AssignmentState(col4row, u, v, int((freed | (col4row != old)).sum()))
+    if reduce_cold:
+        _row_reduction(cost, v, col4row, row4col)
+        _row_reduction(cost, v, col4row, row4col)
+        _row_duals(cost, v, u)
     _augment_free_rows(cost, u, v, col4row, row4col)
     return AssignmentState(col4row, u, v, n)
 
@@ -307,7 +319,7 @@ def _row_reduction(cost, v, col4row, row4col):
                     u1 = h
                     j1 = j
         i0 = row4col[j1]
-        if u1 < u2:
+        if u1 < u2 and j2 != -1:  # (a 1x1 matrix has no second column: nothing to balance)
             v[j1] -= u2 - u1
         elif i0 != -1 and j2 != -1:
             j1 = j2

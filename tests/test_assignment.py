@@ -43,6 +43,35 @@ def test_cold_solves_equal_scipy_exactly_ties_included():
         check_duals(m, st, maximize)
 
 
+def test_cold_solves_starting_with_row_reduction_are_optimal():
+    """``reduce_cold``: row reduction, then augmentations. Optimal with valid duals on random,
+    tied and wide-ranged matrices; scipy's assignment where the optimum is unique (continuous
+    entries); on tied matrices an optimum of scipy's value, not necessarily scipy's."""
+    rng = np.random.default_rng(4)
+    differs = 0
+    for t in range(1500):
+        n = int(rng.integers(1, 40))
+        kind = t % 3
+        m = (rng.normal(size=(n, n)) if kind == 0 else rng.integers(0, 3, size=(n, n)).astype(float)
+             if kind == 1 else rng.exponential(size=(n, n)) * 1e3)
+        maximize = bool(t % 2)
+        st = solve_assignment(m, maximize=maximize, reduce_cold=True)
+        best, col = scipy_value(m, maximize)
+        assert sorted(st.col) == list(range(n)) and st.repaired == n
+        check_duals(m, st, maximize)
+        if kind == 1:
+            assert value(m, st.col) == best
+            differs += not np.array_equal(st.col, col)
+        else:
+            np.testing.assert_array_equal(st.col, col)
+    assert differs  # the ties were real: another optimum than scipy's was returned
+    for m in (np.zeros((5, 5)), np.eye(6), np.full((8, 8), 1e12), np.array([[2.5]])):
+        st = solve_assignment(m, reduce_cold=True)
+        assert value(m, st.col) == pytest.approx(scipy_value(m)[0])
+        check_duals(m, st)
+    assert solve_assignment(np.zeros((0, 0)), reduce_cold=True).col.size == 0
+
+
 @pytest.mark.parametrize("scale", [0.0, 1e-9, 1e-6, 1e-3, 1e-1, 10.0])
 def test_warm_solves_are_optimal_after_any_change(scale):
     """Warm-started from the previous matrix's state: optimal for the new matrix, the same
@@ -136,6 +165,9 @@ def test_bad_input_is_refused():
     assert solve_assignment(np.zeros((0, 0))).col.size == 0
     with pytest.raises(ValueError, match="warm state is for 3 rows"):
         solve_assignment(np.zeros((2, 2)), solve_assignment(np.zeros((3, 3))))
+    for col in ([0, 0, 2], [0, 1, 3], [-1, 1, 2]):  # a repeated, a missing or an out-of-range column
+        with pytest.raises(ValueError, match="not a permutation"):
+            solve_assignment(np.zeros((3, 3)), AssignmentState(np.array(col), np.zeros(3), np.zeros(3)))
 
 
 def test_reindexed_state_follows_a_permutation_of_the_columns():
