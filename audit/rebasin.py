@@ -29,12 +29,15 @@ Weights = dict[str, Tensor]  # a model's state dict (its weights; "params" names
 
 # A perm whose previous solve re-assigned more than this share of its rows (the cold first sweep,
 # the early sweeps of a matching) is solved without the certificate search: such a change is
-# rarely undone by a few exchanges. Measured at one thread on 8 MNIST pair matchings and a
-# MergeMany of 4: 106 of the 110 searches this skips would have failed after their full 4n scans
-# (1-2 ms each at n = 512); skipping them saved 0.07 s and 0.07-0.10 s of search (of ~2.1 s and
-# ~4.5 s in all), with the same results. Where the optimum is tied, the repair may return
-# another of the optima than the search would have kept.
-REPAIRED_CERTIFY_LIMIT = 0.5
+# rarely undone by a few exchanges. Measured at one thread, each warm solve timed both ways on
+# the same matrix and state (hot caches, alternating order): after a solve that re-assigned
+# 20-50% of the rows, the search and repair took 1.98 s against 1.62 s for the repair alone
+# (1414 solves of a 3-pass MergeMany of 16 digits models, paper widths) and 0.57 s against
+# 0.47 s (305 solves of a MergeMany of 4 MNIST models); up to 10% the search wins (1.37 s
+# against 1.56 s, 1298 solves), and 10-20% is rare (15 solves) and even. Whole runs, interleaved:
+# 10.1-10.9 s against 10.4-10.9 s and 3.2-3.4 s against 3.4-3.6 s with the limit at 50%. Where
+# the optimum is tied, the repair may return another of the optima than the search would have kept.
+REPAIRED_CERTIFY_LIMIT = 0.2
 
 # Minimum objective gain that counts as progress (same threshold as the reference code). The
 # objective is O(1e1..1e4) for trained MLPs, so float64 rounding (~1e-16 relative) stays far below.

@@ -231,14 +231,23 @@ def test_fast_merge_many_equals_the_plain_algorithm_on_small_random_models(monke
 
 
 @pytest.mark.slow
-def test_fast_merge_many_equals_the_plain_algorithm_on_trained_models(real_data):
+def test_fast_merge_many_equals_the_plain_algorithm_on_trained_models(real_data, monkeypatch):
+    import audit.rebasin as rebasin
     from audit.zoo import TrainConfig, train_batched
 
     models = [m.params for m in train_batched(real_data, (96, 96), TrainConfig(epochs=2, lr=1e-3, batch_size=128),
                                               [10, 11, 12, 13])]
     spec = mlp_permutation_spec(models[0])
+    calls, solve = [], rebasin._solve
+    monkeypatch.setattr(rebasin, "_solve", lambda sim, warm, certify: calls.append((warm, certify)) or
+                        solve(sim, warm, certify))
     for seed in (0, 1):
         fast = merge_many(models, spec, seed=seed)
+        warm = [(w, c) for w, c in calls if w is not None]
+        # warm solves with the certificate search and without it, each where the rule says
+        assert {c for _, c in warm} == {True, False}
+        assert all(c == (w.repaired <= rebasin.REPAIRED_CERTIFY_LIMIT * w.col.size) for w, c in warm)
+        calls.clear()
         assert fast.provenance["converged"] and fast.provenance["iterations"] > 2  # several passes ran
         # every shortcut was taken at least once in the run compared: certificates, exchanges, skips
         h = fast.provenance["history"]

@@ -78,7 +78,7 @@ def test_shortcuts_give_exactly_the_plain_algorithm(trained_pair, seed, monkeypa
     res = weight_matching(spec, a, b, seed=seed)
     assert res.sweeps == len(ref_hist) > 1
     warm = [(w, c) for w, c in calls if w is not None]
-    assert {c for _, c in warm} == {True, False}  # both paths were taken in the run compared
+    assert warm and not all(c for _, c in warm)  # solved without the search (with it: the MergeMany test)
     assert all(c == (w.repaired <= rebasin.REPAIRED_CERTIFY_LIMIT * w.col.size) for w, c in warm)
     for p in ref_perms:
         assert torch.equal(res.perms[p], ref_perms[p])
