@@ -1,11 +1,12 @@
-"""The local executor: every result reaches the driver once, task errors keep their type, and a
-worker that dies is reported by the task's name."""
+"""The local executor: every result reaches the driver once, task errors keep their type, a
+worker that dies is reported by the task's name, and tasks started ahead are collected once."""
 
 import os
 
 import pytest
 
-from audit.executor import ExecutorConfig, Task, TaskError, run_tasks
+import audit.executor as executor
+from audit.executor import ExecutorConfig, Task, TaskError, run_tasks, start_tasks
 from audit.storage import StorageError
 
 
@@ -30,6 +31,46 @@ def test_a_task_error_keeps_its_type_and_message(workers):
     with pytest.raises(StorageError, match="bad input -1"):
         run_tasks(square, [Task("ok", (2,)), Task("bad", (-1,))], lambda t, r: None,
                   config=ExecutorConfig("local", workers), common=(0,), progress=False)
+
+
+def worker_pid(x: int) -> tuple[int, int]:
+    return x, os.getpid()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_tasks_started_ahead_are_collected_once_by_their_run(workers):
+    """`start_tasks` submits to worker processes (workers > 1) that the matching `run_tasks`
+    collects from: every result once, computed by the started workers, none left behind."""
+    config = ExecutorConfig("local", workers)
+    tasks = [Task(f"t{i}", (i,)) for i in range(6)]
+    got = {}
+    with start_tasks(worker_pid, tasks, config=config):
+        started = executor._STARTED
+        assert (started is not None) == (workers > 1)
+        pids = {p.pid for p in started[2]._processes.values()} if started else {os.getpid()}
+        run_tasks(worker_pid, tasks, lambda t, r: got.setdefault(t.name, r), config=config, progress=False)
+        assert executor._STARTED is None
+    assert {name: x for name, (x, _) in got.items()} == {f"t{i}": i for i in range(6)}
+    assert {pid for _, pid in got.values()} <= pids
+
+
+def test_tasks_started_ahead_are_stopped_when_their_run_does_not_come():
+    """An error (or Ctrl-C) between `start_tasks` and `run_tasks` stops the started workers; a
+    run of other tasks does not collect them."""
+    tasks = [Task(f"t{i}", (i,)) for i in range(4)]
+    with pytest.raises(RuntimeError, match="tracker failed"):
+        with start_tasks(worker_pid, tasks, config=ExecutorConfig("local", 2)):
+            procs = list(executor._STARTED[2]._processes.values())
+            raise RuntimeError("tracker failed")
+    assert executor._STARTED is None
+    for proc in procs:
+        proc.join(timeout=10)
+        assert not proc.is_alive()
+    got = []
+    with start_tasks(worker_pid, tasks, config=ExecutorConfig("local", 2)):
+        other = [Task("other", (7,)), Task("other2", (8,))]
+        run_tasks(worker_pid, other, lambda t, r: got.append(r[0]), config=ExecutorConfig("local", 2), progress=False)
+    assert sorted(got) == [7, 8] and executor._STARTED is None
 
 
 def test_a_dead_worker_is_reported_by_the_tasks_name():

@@ -7,8 +7,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from .. import tracking
 from ..config import Params, UserError, load_params, to_dict
@@ -17,6 +16,9 @@ from ..executor import ExecutorConfig
 from ..paths import DATA_RECORD
 from ..storage import ModelStore, atomic_write_bytes, digest, read_manifest
 from ..tracking import Tracker
+
+if TYPE_CHECKING:  # pandas takes ~0.2 s to import, and the merge and train workers never need it
+    import pandas as pd
 
 
 class PipelineError(UserError, RuntimeError):

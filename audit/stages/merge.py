@@ -12,7 +12,7 @@ from .. import methods
 from ..ablation import MergeJob, TreeJob, merge_jobs, tree_jobs
 from ..config import Params
 from ..imports import code_digest
-from ..executor import Task, run_tasks
+from ..executor import Task, run_tasks, start_tasks
 from ..merge import RUNNERS, hierarchical_tree
 from ..models import resolve_device
 from ..paths import MERGED_DIR, METRICS_DIR, pool_dir
@@ -91,7 +91,25 @@ def run(params: Params, root: Path, method: str) -> dict:
                  "lam": params.merge.lam, "pairing": params.merge.pairing, "device": params.zoo.device}
     summary = {"jobs": len(jobs), "reused": len(jobs) - len(todo), "workers": ex.workers}
     t0 = time.perf_counter()
-    with tracker(params, root, f"merge-{method}") as tr:
+
+    def inputs(job):
+        store = stores[job.pool]
+        keys = [str(s) for s in job.members]
+        return [str(store.path(k)) for k in keys], [store.entries[k]["sha256"] for k in keys]
+
+    # One tree per pool, seed and side: a depth-d model is a stage-d node, built from the stage
+    # d-1 nodes (15 pair merges for a pool of 16, not 49 from scratch per group).
+    by_tree = entry.cost == "tree" and params.merge.pairing == "adjacent"
+    if by_tree:
+        trees = tree_jobs(params, todo)
+        trees.sort(key=lambda tr: -tr.pair_merges)  # biggest first, as `resources.makespan` schedules them
+        fn, tasks = run_tree, [Task(f"merge {tr.name}", (tr, *inputs(tr))) for tr in trees]
+    else:
+        fn, tasks = run_job, [Task(f"merge {job.model_id}", (job, *inputs(job))) for job in todo]
+    # Local workers start (imports, ~2.5 s) and merge while the tracker opens (~1.7 s); the
+    # results are recorded and logged as they come, once it is open.
+    with start_tasks(fn, tasks, config=ex, common=(merge_cfg, ex.cpus)), \
+            tracker(params, root, f"merge-{method}") as tr:
         tr.log_parent(params={"merge": params.merge, "zoo.depth": params.zoo.depth, "zoo.pools": params.zoo.pools,
                               "method": method, "workers": ex.workers, "executor": params.executor})
 
@@ -110,31 +128,16 @@ def run(params: Params, root: Path, method: str) -> dict:
                     {**job.info(), "recipe": recipes[job.key], "seconds": round(seconds, 3), "provenance": prov})
             log(job)
 
-        def inputs(job):
-            store = stores[job.pool]
-            keys = [str(s) for s in job.members]
-            return [str(store.path(k)) for k in keys], [store.entries[k]["sha256"] for k in keys]
-
         for job in jobs:  # models finished by an interrupted run: logged now if they were not then
             if job.key in done:
                 log(job)
-        if entry.cost == "tree" and params.merge.pairing == "adjacent":
-            # One tree per pool, seed and side: a depth-d model is a stage-d node, built from the
-            # stage d-1 nodes (15 pair merges for a pool of 16, not 49 from scratch per group).
-            trees = tree_jobs(params, todo)
-            trees.sort(key=lambda tr: -tr.pair_merges)  # biggest first, as `resources.makespan` schedules them
 
-            def record_tree(task: Task, result):  # a tree returns only its unfinished nodes
-                for job, merged, prov, seconds in result:
-                    record(Task(task.name, (job,)), (merged, prov, seconds))
+        def record_tree(task: Task, result):  # a tree returns only its unfinished nodes
+            for job, merged, prov, seconds in result:
+                record(Task(task.name, (job,)), (merged, prov, seconds))
 
-            tasks = [Task(f"merge {tr.name}", (tr, *inputs(tr))) for tr in trees]
-            run_tasks(run_tree, tasks, record_tree, config=ex, common=(merge_cfg, ex.cpus),
-                      desc=f"merge {method}", unit="tree")
-        else:
-            tasks = [Task(f"merge {job.model_id}", (job, *inputs(job))) for job in todo]
-            run_tasks(run_job, tasks, record, config=ex, common=(merge_cfg, ex.cpus),
-                      desc=f"merge {method}", unit="group")
+        run_tasks(fn, tasks, record_tree if by_tree else record, config=ex, common=(merge_cfg, ex.cpus),
+                  desc=f"merge {method}", unit="tree" if by_tree else "group")
         summary["seconds"] = round(time.perf_counter() - t0, 1)
         if entry.cost == "passes":
             provs = [e["provenance"] for e in out.entries.values()]
