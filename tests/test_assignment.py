@@ -27,16 +27,23 @@ def check_duals(m, st: AssignmentState, maximize=True):
     assert np.abs(reduced[np.arange(len(st.col)), st.col]).max() <= scale
 
 
-def test_cold_solves_equal_scipy_exactly_ties_included():
-    """A cold solve performs scipy's augmentations in scipy's order: the same assignment even
-    where several are optimal (integer matrices with many ties)."""
-    rng = np.random.default_rng(0)
-    for t in range(1500):
+def mixed_matrices(seed: int, count: int = 1500):
+    """(kind, matrix, maximize): normal, tied integer (kind 1) and wide-ranged exponential
+    square matrices of 1-39 rows, in turn, maximised every other time."""
+    rng = np.random.default_rng(seed)
+    for t in range(count):
         n = int(rng.integers(1, 40))
         kind = t % 3
         m = (rng.normal(size=(n, n)) if kind == 0 else rng.integers(0, 3, size=(n, n)).astype(float)
              if kind == 1 else rng.exponential(size=(n, n)) * 1e3)
-        maximize = bool(t % 2)
+        yield kind, m, bool(t % 2)
+
+
+def test_cold_solves_equal_scipy_exactly_ties_included():
+    """A cold solve performs scipy's augmentations in scipy's order: the same assignment even
+    where several are optimal (integer matrices with many ties)."""
+    for _, m, maximize in mixed_matrices(0):
+        n = len(m)
         st = solve_assignment(m, maximize=maximize)
         np.testing.assert_array_equal(st.col, linear_sum_assignment(m, maximize=maximize)[1])
         assert sorted(st.col) == list(range(n))
@@ -47,14 +54,9 @@ def test_cold_solves_starting_with_row_reduction_are_optimal():
     """``reduce_cold``: row reduction, then augmentations. Optimal with valid duals on random,
     tied and wide-ranged matrices; scipy's assignment where the optimum is unique (continuous
     entries); on tied matrices an optimum of scipy's value, not necessarily scipy's."""
-    rng = np.random.default_rng(4)
     differs = 0
-    for t in range(1500):
-        n = int(rng.integers(1, 40))
-        kind = t % 3
-        m = (rng.normal(size=(n, n)) if kind == 0 else rng.integers(0, 3, size=(n, n)).astype(float)
-             if kind == 1 else rng.exponential(size=(n, n)) * 1e3)
-        maximize = bool(t % 2)
+    for kind, m, maximize in mixed_matrices(4):
+        n = len(m)
         st = solve_assignment(m, maximize=maximize, reduce_cold=True)
         best, col = scipy_value(m, maximize)
         assert sorted(st.col) == list(range(n)) and st.repaired == n
