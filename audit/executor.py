@@ -73,14 +73,15 @@ def run_tasks(fn: Callable, tasks: Sequence[Task], on_result: Callable[[Task, ob
             _run_processes(fn, tasks, done, min(config.workers, len(tasks)), common)
 
 
-# Tasks submitted ahead of their `run_tasks` (`start_tasks`): (fn, tasks, pool, futures).
+# Tasks submitted ahead of their `run_tasks` (`start_tasks`): (fn, tasks, common, pool, futures).
 _STARTED: tuple | None = None
 
 
 @contextmanager
 def start_tasks(fn: Callable, tasks: Sequence[Task], *, config: ExecutorConfig, common: tuple = ()):
-    """Submit the tasks to local worker processes now; the `run_tasks` call with the same ``fn``
-    and ``tasks`` list inside this context then only collects the results. The workers start
+    """Submit the tasks to local worker processes now; the `run_tasks` call inside this context
+    with the same ``fn``, ``tasks`` and ``common`` (the same objects) then only collects the
+    results. The workers start
     (each imports the tasks' module: torch and the rest, ~2.5 s) and compute while the driver
     does what comes first (a stage's MLflow tracker takes ~1.7 s to open, mostly imports). An
     error or Ctrl-C before the results are collected stops the workers. Ray and in-process runs
@@ -88,10 +89,13 @@ def start_tasks(fn: Callable, tasks: Sequence[Task], *, config: ExecutorConfig, 
     global _STARTED
     _drop_started()
     workers = min(config.workers, len(tasks))
-    if config.kind == "local" and workers > 1:
-        pool = _new_pool(workers)
-        _STARTED = (fn, tasks, pool, {pool.submit(fn, *t.args, *common): t for t in tasks})
     try:
+        if config.kind == "local" and workers > 1:
+            _quiet_dropped_handshakes()
+            pool = _new_pool(workers)
+            _STARTED = (fn, tasks, common, pool, {})
+            for t in tasks:
+                _STARTED[4][pool.submit(fn, *t.args, *common)] = t
         yield
     finally:
         _drop_started()
@@ -101,7 +105,7 @@ def _drop_started() -> None:
     """Stop the workers of tasks started for a `run_tasks` call that did not come."""
     global _STARTED
     if _STARTED is not None:
-        _stop(_STARTED[2])
+        _stop(_STARTED[3])
         _STARTED = None
 
 
@@ -124,13 +128,19 @@ def _new_pool(workers: int) -> ProcessPoolExecutor:
 def _run_processes(fn, tasks, done, workers: int, common: tuple) -> None:
     global _STARTED
     _quiet_dropped_handshakes()
-    if _STARTED is not None and _STARTED[0] is fn and _STARTED[1] is tasks:
-        _, _, pool, futures = _STARTED
+    if _STARTED is not None and _STARTED[0] is fn and _STARTED[1] is tasks and _STARTED[2] is common:
+        _, _, _, pool, futures = _STARTED
         _STARTED = None
     else:
         _drop_started()
         pool = _new_pool(workers)
-        futures = {pool.submit(fn, *t.args, *common): t for t in tasks}
+        futures = {}
+        try:
+            for t in tasks:
+                futures[pool.submit(fn, *t.args, *common)] = t
+        except BaseException:  # Ctrl-C while submitting
+            _stop(pool)
+            raise
     try:
         for fut in as_completed(futures):
             task = futures[fut]

@@ -178,9 +178,9 @@ def weight_matching(spec: PermutationSpec, params_a: Mapping[str, Tensor], param
     * every assignment is warm-started from the previous solve of the same perm
       (`audit.assignment`): a dual certificate proves the old assignment still optimal in O(n^2),
       or optimal after the improving exchanges it finds; otherwise (and at once, without the
-      search, after a solve that re-assigned most rows) only the rows the change broke are
-      re-augmented; a perm's first solve starts with row reduction (about half the time of
-      scipy's augmentations alone);
+      search, after a solve that re-assigned more than 20% of the rows) only the rows the change
+      broke are re-augmented; a perm's first solve starts with row reduction (about half the
+      time of scipy's augmentations alone);
     * each perm's S is kept and corrected in place where its neighbours moved (`SimilarityTerms`);
       terms whose parameter has no other permuted axis are computed once;
     * a perm whose neighbours (perms sharing a parameter with it) have not moved since it was last

@@ -150,9 +150,10 @@ def test_warm_start_from_an_unrelated_state_and_with_ties_is_still_optimal():
 
 @pytest.mark.parametrize("m", [np.zeros((5, 5)), np.ones((7, 7)) * -3.0, np.eye(6), np.array([[2.5]]),
                                np.arange(16.0).reshape(4, 4), np.full((8, 8), 1e12)])
-def test_degenerate_matrices(m):
-    for warm in (None, solve_assignment(m)):
-        st = solve_assignment(m, warm)
+@pytest.mark.parametrize("reduce_cold", [False, True])
+def test_degenerate_matrices(m, reduce_cold):
+    for warm in (None, solve_assignment(m, reduce_cold=reduce_cold)):
+        st = solve_assignment(m, warm, reduce_cold=reduce_cold)
         assert value(m, st.col) == pytest.approx(scipy_value(m)[0])
         check_duals(m, st)
 
@@ -167,7 +168,7 @@ def test_bad_input_is_refused():
     assert solve_assignment(np.zeros((0, 0))).col.size == 0
     with pytest.raises(ValueError, match="warm state is for 3 rows"):
         solve_assignment(np.zeros((2, 2)), solve_assignment(np.zeros((3, 3))))
-    for col in ([0, 0, 2], [0, 1, 3], [-1, 1, 2]):  # a repeated, a missing or an out-of-range column
+    for col in ([0, 0, 2], [0, 1, 3], [-1, 1, 2]):  # a repeated column, one past the end, a negative one
         with pytest.raises(ValueError, match="not a permutation"):
             solve_assignment(np.zeros((3, 3)), AssignmentState(np.array(col), np.zeros(3), np.zeros(3)))
 
@@ -184,9 +185,11 @@ def test_reindexed_state_follows_a_permutation_of_the_columns():
     np.testing.assert_array_equal(again.col, np.arange(20))
 
 
-def test_real_similarity_matrices_along_a_matching(trained_pair):
+@pytest.mark.parametrize("reduce_cold", [False, True])
+def test_real_similarity_matrices_along_a_matching(trained_pair, reduce_cold):
     """The similarity matrices weight matching meets on trained models, perm by perm and under
-    many random states of the neighbouring perms: warm solves equal scipy's."""
+    many random states of the neighbouring perms: warm solves equal scipy's, after a first solve
+    of each perm with scipy's augmentations or (as weight matching does) row reduction first."""
     _, (a, b) = trained_pair
     spec = mlp_permutation_spec(a)
     keys = list(spec.axes_to_perm)
@@ -204,7 +207,7 @@ def test_real_similarity_matrices_along_a_matching(trained_pair):
             perms[q] = perms[q].clone()
             perms[q][idx] = perms[q][idx[torch.randperm(k, generator=g)]]
         sim = terms.similarity(p, perms).numpy()
-        states[p] = solve_assignment(sim, states.get(p))
+        states[p] = solve_assignment(sim, states.get(p), reduce_cold=reduce_cold)
         np.testing.assert_array_equal(states[p].col, linear_sum_assignment(sim, maximize=True)[1])
         check_duals(sim, states[p])
         checked += 1

@@ -47,7 +47,7 @@ def test_tasks_started_ahead_are_collected_once_by_their_run(workers):
     with start_tasks(worker_pid, tasks, config=config):
         started = executor._STARTED
         assert (started is not None) == (workers > 1)
-        pids = {p.pid for p in started[2]._processes.values()} if started else {os.getpid()}
+        pids = {p.pid for p in started[3]._processes.values()} if started else {os.getpid()}
         run_tasks(worker_pid, tasks, lambda t, r: got.setdefault(t.name, r), config=config, progress=False)
         assert executor._STARTED is None
     assert {name: x for name, (x, _) in got.items()} == {f"t{i}": i for i in range(6)}
@@ -56,11 +56,11 @@ def test_tasks_started_ahead_are_collected_once_by_their_run(workers):
 
 def test_tasks_started_ahead_are_stopped_when_their_run_does_not_come():
     """An error (or Ctrl-C) between `start_tasks` and `run_tasks` stops the started workers; a
-    run of other tasks does not collect them."""
+    run of other tasks, or of the same tasks with other common arguments, does not collect them."""
     tasks = [Task(f"t{i}", (i,)) for i in range(4)]
     with pytest.raises(RuntimeError, match="tracker failed"):
         with start_tasks(worker_pid, tasks, config=ExecutorConfig("local", 2)):
-            procs = list(executor._STARTED[2]._processes.values())
+            procs = list(executor._STARTED[3]._processes.values())
             raise RuntimeError("tracker failed")
     assert executor._STARTED is None
     for proc in procs:
@@ -71,6 +71,11 @@ def test_tasks_started_ahead_are_stopped_when_their_run_does_not_come():
         other = [Task("other", (7,)), Task("other2", (8,))]
         run_tasks(worker_pid, other, lambda t, r: got.append(r[0]), config=ExecutorConfig("local", 2), progress=False)
     assert sorted(got) == [7, 8] and executor._STARTED is None
+    got = []  # the same tasks with other common arguments are computed afresh, with those
+    with start_tasks(square, tasks, config=ExecutorConfig("local", 2), common=(10,)):
+        run_tasks(square, tasks, lambda t, r: got.append(r), config=ExecutorConfig("local", 2), common=(20,),
+                  progress=False)
+    assert sorted(got) == [20, 21, 24, 29] and executor._STARTED is None
 
 
 def test_a_dead_worker_is_reported_by_the_tasks_name():

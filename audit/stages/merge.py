@@ -108,7 +108,8 @@ def run(params: Params, root: Path, method: str) -> dict:
         fn, tasks = run_job, [Task(f"merge {job.model_id}", (job, *inputs(job))) for job in todo]
     # Local workers start (imports, ~2.5 s) and merge while the tracker opens (~1.7 s); the
     # results are recorded and logged as they come, once it is open.
-    with start_tasks(fn, tasks, config=ex, common=(merge_cfg, ex.cpus)), \
+    common = (merge_cfg, ex.cpus)
+    with start_tasks(fn, tasks, config=ex, common=common), \
             tracker(params, root, f"merge-{method}") as tr:
         tr.log_parent(params={"merge": params.merge, "zoo.depth": params.zoo.depth, "zoo.pools": params.zoo.pools,
                               "method": method, "workers": ex.workers, "executor": params.executor})
@@ -136,7 +137,7 @@ def run(params: Params, root: Path, method: str) -> dict:
             for job, merged, prov, seconds in result:
                 record(Task(task.name, (job,)), (merged, prov, seconds))
 
-        run_tasks(fn, tasks, record_tree if by_tree else record, config=ex, common=(merge_cfg, ex.cpus),
+        run_tasks(fn, tasks, record_tree if by_tree else record, config=ex, common=common,
                   desc=f"merge {method}", unit="tree" if by_tree else "group")
         summary["seconds"] = round(time.perf_counter() - t0, 1)
         if entry.cost == "passes":
