@@ -2,6 +2,7 @@
 worker that dies is reported by the task's name, and tasks started ahead are collected once."""
 
 import os
+import time
 
 import pytest
 
@@ -54,18 +55,43 @@ def test_tasks_started_ahead_are_collected_once_by_their_run(workers):
     assert {pid for _, pid in got.values()} <= pids
 
 
-def test_tasks_started_ahead_are_stopped_when_their_run_does_not_come():
-    """An error (or Ctrl-C) between `start_tasks` and `run_tasks` stops the started workers; a
-    run of other tasks, or of the same tasks with other common arguments, does not collect them."""
-    tasks = [Task(f"t{i}", (i,)) for i in range(4)]
+def gone(proc, timeout: float = 10.0) -> bool:
+    """Whether the process has ended within ``timeout`` s. Asked of the OS by pid: the pool's own
+    thread may reap it first, and then ``is_alive`` can still say True (a waitpid race)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        proc.join(timeout=0.1)
+        if proc.exitcode is not None:
+            return True
+        try:
+            os.kill(proc.pid, 0)
+        except ProcessLookupError:
+            return True
+    return False
+
+
+def nap(marker: str, seconds: float) -> None:
+    open(marker, "w").close()
+    time.sleep(seconds)
+
+
+def test_tasks_started_ahead_are_stopped_when_their_run_does_not_come(tmp_path):
+    """An error (or Ctrl-C) between `start_tasks` and `run_tasks` stops the started workers at
+    once, in the middle of their tasks (a minute each); a run of other tasks, or of the same
+    tasks with other common arguments, does not collect them."""
+    naps = [Task(f"nap{i}", (str(tmp_path / f"nap{i}"), 60.0)) for i in range(2)]
     with pytest.raises(RuntimeError, match="tracker failed"):
-        with start_tasks(worker_pid, tasks, config=ExecutorConfig("local", 2)):
+        with start_tasks(nap, naps, config=ExecutorConfig("local", 2)):
             procs = list(executor._STARTED[3]._processes.values())
+            deadline = time.monotonic() + 60
+            while not all((tmp_path / f"nap{i}").exists() for i in range(2)) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert all((tmp_path / f"nap{i}").exists() for i in range(2))  # both are asleep in their task
             raise RuntimeError("tracker failed")
     assert executor._STARTED is None
     for proc in procs:
-        proc.join(timeout=10)
-        assert not proc.is_alive()
+        assert gone(proc)
+    tasks = [Task(f"t{i}", (i,)) for i in range(4)]
     got = []
     with start_tasks(worker_pid, tasks, config=ExecutorConfig("local", 2)):
         other = [Task("other", (7,)), Task("other2", (8,))]
