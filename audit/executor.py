@@ -81,11 +81,10 @@ _STARTED: tuple | None = None
 def start_tasks(fn: Callable, tasks: Sequence[Task], *, config: ExecutorConfig, common: tuple = ()):
     """Submit the tasks to local worker processes now; the `run_tasks` call inside this context
     with the same ``fn``, ``tasks`` and ``common`` (the same objects) then only collects the
-    results. The workers start
-    (each imports the tasks' module: torch and the rest, ~2.5 s) and compute while the driver
-    does what comes first (a stage's MLflow tracker takes ~1.7 s to open, mostly imports). An
-    error or Ctrl-C before the results are collected stops the workers. Ray and in-process runs
-    start in `run_tasks` as before."""
+    results. The workers start (each imports the tasks' module: torch and the rest, ~2.5 s) and
+    compute while the driver does what comes first (a stage's MLflow tracker takes ~1.7 s to
+    open, mostly imports). An error or Ctrl-C before the results are collected stops the
+    workers. Ray and in-process runs start in `run_tasks` as before."""
     global _STARTED
     _drop_started()
     workers = min(config.workers, len(tasks))

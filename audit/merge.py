@@ -61,9 +61,9 @@ def _mean(params_list: Sequence[Mapping[str, Tensor]]) -> Weights:
 def _reaverage(target: Weights, rest: Sequence[Mapping[str, Tensor]], spec: PermutationSpec,
                units: Mapping[str, Tensor]) -> None:
     """Re-average ``target`` (the mean of ``rest``) in place on the slices along each perm's axes
-    at ``units``: the only entries that moves of those units changed. A parameter with more than
-    WHOLE_FRACTION of its slices moved is re-averaged whole: the same numbers (`_average` is
-    elementwise), without gathering from every model."""
+    at ``units``: the only entries that moves of those units changed. A parameter whose moved
+    rows and columns add up to more than WHOLE_FRACTION of its axes is re-averaged whole: the
+    same numbers (`_average` is elementwise), without gathering slices from every model."""
     for k, axes in spec.axes_to_perm.items():
         hit = [(axis, units[q]) for axis, q in enumerate(axes) if q in units]
         if not hit or not target[k].is_floating_point():
