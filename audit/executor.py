@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -73,8 +73,18 @@ def run_tasks(fn: Callable, tasks: Sequence[Task], on_result: Callable[[Task, ob
             _run_processes(fn, tasks, done, min(config.workers, len(tasks)), common)
 
 
-# Tasks submitted ahead of their `run_tasks` (`start_tasks`): (fn, tasks, common, pool, futures).
-_STARTED: tuple | None = None
+@dataclass
+class _Started:
+    """Tasks submitted ahead of their `run_tasks` (`start_tasks`)."""
+
+    fn: Callable
+    tasks: Sequence[Task]
+    common: tuple
+    pool: ProcessPoolExecutor
+    futures: dict = field(default_factory=dict)  # future -> its task
+
+
+_STARTED: _Started | None = None
 
 
 @contextmanager
@@ -92,9 +102,9 @@ def start_tasks(fn: Callable, tasks: Sequence[Task], *, config: ExecutorConfig, 
         if config.kind == "local" and workers > 1:
             _quiet_dropped_handshakes()
             pool = _new_pool(workers)
-            _STARTED = (fn, tasks, common, pool, {})
+            _STARTED = _Started(fn, tasks, common, pool)
             for t in tasks:
-                _STARTED[4][pool.submit(fn, *t.args, *common)] = t
+                _STARTED.futures[pool.submit(fn, *t.args, *common)] = t
         yield
     finally:
         _drop_started()
@@ -104,7 +114,7 @@ def _drop_started() -> None:
     """Stop the workers of tasks started for a `run_tasks` call that did not come."""
     global _STARTED
     if _STARTED is not None:
-        _stop(_STARTED[3])
+        _stop(_STARTED.pool)
         _STARTED = None
 
 
@@ -127,8 +137,9 @@ def _new_pool(workers: int) -> ProcessPoolExecutor:
 def _run_processes(fn, tasks, done, workers: int, common: tuple) -> None:
     global _STARTED
     _quiet_dropped_handshakes()
-    if _STARTED is not None and _STARTED[0] is fn and _STARTED[1] is tasks and _STARTED[2] is common:
-        _, _, _, pool, futures = _STARTED
+    started = _STARTED
+    if started is not None and started.fn is fn and started.tasks is tasks and started.common is common:
+        pool, futures = started.pool, started.futures
         _STARTED = None
     else:
         _drop_started()

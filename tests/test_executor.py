@@ -48,7 +48,7 @@ def test_tasks_started_ahead_are_collected_once_by_their_run(workers):
     with start_tasks(worker_pid, tasks, config=config):
         started = executor._STARTED
         assert (started is not None) == (workers > 1)
-        pids = {p.pid for p in started[3]._processes.values()} if started else {os.getpid()}
+        pids = {p.pid for p in started.pool._processes.values()} if started else {os.getpid()}
         run_tasks(worker_pid, tasks, lambda t, r: got.setdefault(t.name, r), config=config, progress=False)
         assert executor._STARTED is None
     assert {name: x for name, (x, _) in got.items()} == {f"t{i}": i for i in range(6)}
@@ -82,7 +82,7 @@ def test_tasks_started_ahead_are_stopped_when_their_run_does_not_come(tmp_path):
     naps = [Task(f"nap{i}", (str(tmp_path / f"nap{i}"), 60.0)) for i in range(2)]
     with pytest.raises(RuntimeError, match="tracker failed"):
         with start_tasks(nap, naps, config=ExecutorConfig("local", 2)):
-            procs = list(executor._STARTED[3]._processes.values())
+            procs = list(executor._STARTED.pool._processes.values())
             deadline = time.monotonic() + 60
             while not all((tmp_path / f"nap{i}").exists() for i in range(2)) and time.monotonic() < deadline:
                 time.sleep(0.05)

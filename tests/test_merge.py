@@ -179,9 +179,9 @@ def merge_many_plain(models, spec, seed, max_iter=100):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_fast_merge_many_equals_the_plain_algorithm_on_small_random_models(monkeypatch, threads):
     """The fast MergeMany, whose targets are re-averaged only on the slices other models' moves
-    changed, or whole where more than a quarter moved), equals the plain algorithm bitwise: 3 to 6 random MLPs,
-    several seeds, with partial re-averaging taking place, independent perms solved in threads
-    (P_0 and P_2 share no parameter) or, at one torch thread, one after another."""
+    changed (or whole where more than a quarter moved), equals the plain algorithm bitwise: 3 to 6
+    random MLPs, several seeds, with both kinds of re-averaging taking place, independent perms
+    solved in threads (P_0 and P_2 share no parameter) or, at one torch thread, one after another."""
     import audit.rebasin as rebasin
     from audit.rebasin import SimilarityTerms
 
