@@ -127,9 +127,12 @@ def compare_cmd(baseline: str, methods: tuple[str, ...], metric_names: tuple[str
         raise click.ClickException(str(e)) from None
     _emit(table, fmt)
     if fmt == "table":
-        click.echo(f"\nverdict: higher/lower = significant after Holm over these {len(table)} comparisons "
+        tested = int(table.p.notna().sum())  # undefined rows are no test
+        click.echo(f"\nverdict: higher/lower = significant after Holm over these {tested} comparisons "
                    f"(alpha {params.audit.alpha}); n.s. = not significant, compare |diff| with mde "
-                   f"(the smallest difference this n detects with 80% power).")
+                   f"(the smallest difference this n detects with 80% power); undefined = a value is "
+                   f"infinite, so nothing is tested (an infinite DeepFool median norm: most points "
+                   f"never flipped, see deepfool_unflipped_rate).")
 
 
 @main.command("claims")

@@ -3,7 +3,10 @@
 For each metric (and eps) and depth: each method's mean over groups with a bootstrap 95% CI, the
 paired difference to the baseline with its CI, the paired t-test p-value Holm-adjusted over every
 comparison in the table, Cohen's d_z, the minimal detectable effect, and a verdict word:
-``higher`` / ``lower`` (significant after Holm) or ``n.s.`` (not significant; compare the MDE).
+``higher`` / ``lower`` (significant after Holm), ``n.s.`` (not significant; compare the MDE) or
+``undefined`` (a value is infinite, so there is no mean difference to test: a DeepFool median norm
+is infinite where most points never flipped; read ``deepfool_unflipped_rate``). An undefined row is
+no test, so it is not in the Holm family. Groups missing on either side are dropped (n falls).
 """
 
 from __future__ import annotations
@@ -56,5 +59,6 @@ def compare(results: Results, *, baseline: str, methods: list[str] | None = None
                              if "mergemany" in (method, baseline) else ""})
     out = pd.DataFrame(rows, columns=COLUMNS[:-2])
     out["p_holm"] = stats.holm(out.p.to_numpy(), alpha)
-    out["verdict"] = np.where(out.p_holm < alpha, np.where(out["diff"] > 0, "higher", "lower"), "n.s.")
+    out["verdict"] = np.where(out.p.isna(), "undefined",
+                              np.where(out.p_holm < alpha, np.where(out["diff"] > 0, "higher", "lower"), "n.s."))
     return out[COLUMNS]

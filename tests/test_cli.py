@@ -64,6 +64,39 @@ def test_compare_prints_per_depth_differences_to_the_baseline(tmp_path):
     assert len(json.loads(res.output)) == 6
 
 
+def test_compare_calls_a_comparison_with_an_infinite_value_undefined(tmp_path):
+    """One naive group's value infinite (a DeepFool median norm where most points never flipped):
+    that depth's naive row is "undefined", not "n.s.", and the other rows are tested as before."""
+    import io
+    import warnings
+
+    import numpy as np
+    import pandas as pd
+
+    from audit import stats
+
+    params = fixture_project(tmp_path)
+    path = tmp_path / "results" / "evaluation.csv"
+    table = pd.read_csv(path)
+    first = table[(table.method == "naive") & (table.depth == 2)].index[0]
+    table.loc[first, "value"] = np.inf
+    table.to_csv(path, index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = CliRunner().invoke(main, ["compare", "--format", "csv", "--params", str(params)])
+    assert res.exit_code == 0, res.output
+    out = pd.read_csv(io.StringIO(res.output))
+    undefined = out[out.verdict == "undefined"]
+    assert list(zip(undefined.method, undefined.depth)) == [("naive", 2)]
+    assert np.isnan(undefined.p.iloc[0]) and undefined["mean"].iloc[0] == np.inf
+    hier = out[out.method == "hierarchical"]
+    assert list(hier.verdict) == ["n.s.", "higher", "higher"]
+    tested = out[out.verdict != "undefined"]  # the Holm family: the tested rows only
+    np.testing.assert_allclose(tested.p_holm, stats.holm(tested.p.to_numpy()), rtol=1e-4)  # CSV: 6 digits
+    res = CliRunner().invoke(main, ["compare", "--params", str(params)])
+    assert f"Holm over these {len(out) - 1} comparisons" in res.output
+
+
 def test_compare_and_claims_say_clearly_when_there_is_nothing_to_read(tmp_path):
     (tmp_path / "params.yaml").write_text("zoo:\n  depth: 3\naudit:\n  beyond_depth: not_measured\n")
     for cmd in (["compare"], ["claims"]):

@@ -77,6 +77,26 @@ def test_degenerate_samples_do_not_crash():
     assert res["effect"] == 1.0 and res["p_t"] == 0.0
 
 
+def test_infinite_values_are_not_tested_and_raise_no_warnings():
+    """A DeepFool median norm is infinite where most points never flipped: no mean difference,
+    so no t-test, interval or effect size (NaN p), and no numpy warnings on the way."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for a, b in (([1.0, np.inf, 2.0], [0.5, 0.6, 0.7]), ([np.inf, np.inf, 1.0], [np.inf, 0.5, 0.7]),
+                     ([1.0, 2.0, np.nan], [0.5, 0.6, 0.7])):
+            res = stats.paired(a, b)
+            assert res["n"] == 3 and math.isnan(res["p_t"]) and math.isnan(res["d_z"])
+            assert math.isnan(res["ci_low"]) and math.isnan(res["ci_high"])
+        assert stats.paired([1.0, np.inf], [0.0, 0.0])["effect"] == np.inf
+        res = stats.paired([np.inf, -np.inf, 1.0], [0.0, 0.0, 0.0])
+        assert math.isnan(res["p_t"]) and math.isnan(res["mean_a"]) and math.isnan(res["effect"])
+        assert stats.paired([np.inf], [0.0])["p_t"] == 1.0  # n = 1: untestable either way, as for finite values
+        assert all(math.isnan(x) for x in stats.bootstrap_ci([1.0, np.inf, 2.0]))
+    assert stats.paired([1.0, 3.0, 2.0], [0.5, 0.6, 0.7])["p_t"] < 1  # finite: tested as before
+
+
 def test_non_inferiority_rejects_a_boundary_null_at_most_alpha_and_finds_a_real_margin():
     """Planted mean exactly at -margin (the null's boundary): rejected <= alpha of the time; a
     planted mean of 0 with the same spread is found."""
