@@ -105,8 +105,10 @@ def solve_assignment(sim: np.ndarray, warm: AssignmentState | None = None, *,
     if warm is not None:
         if warm.col.shape != (n,):
             raise ValueError(f"warm state is for {warm.col.size} rows, the matrix has {n}")
+        if n == 0:  # nothing to assign (and no dual to shift: max() of nothing is undefined)
+            return AssignmentState(np.zeros(0, dtype=np.int64), u, v)
         old = np.ascontiguousarray(warm.col, dtype=np.int64)
-        if n and (old.min() < 0 or old.max() >= n or np.bincount(old, minlength=n).max() > 1):
+        if old.min() < 0 or old.max() >= n or np.bincount(old, minlength=n).max() > 1:
             raise ValueError("warm state's assignment is not a permutation of the columns")
         col = old.copy()
         # Column duals only ever fall (every step below lowers them), so over many warm solves

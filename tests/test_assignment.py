@@ -165,7 +165,10 @@ def test_bad_input_is_refused():
         for maximize in (True, False):
             with pytest.raises(ValueError, match="NaN or infinite"):
                 solve_assignment(np.array([[0.0, bad], [1.0, 2.0]]), maximize=maximize)
-    assert solve_assignment(np.zeros((0, 0))).col.size == 0
+    empty = solve_assignment(np.zeros((0, 0)))
+    assert empty.col.size == 0
+    for certify in (True, False):  # warm-started from an empty problem's state: still nothing to assign
+        assert solve_assignment(np.zeros((0, 0)), empty, certify=certify).col.size == 0
     with pytest.raises(ValueError, match="warm state is for 3 rows"):
         solve_assignment(np.zeros((2, 2)), solve_assignment(np.zeros((3, 3))))
     for col in ([0, 0, 2], [0, 1, 3], [-1, 1, 2]):  # a repeated column, one past the end, a negative one
