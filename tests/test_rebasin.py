@@ -65,8 +65,9 @@ def test_planted_permutation_is_recovered(seed):
 @pytest.mark.parametrize("seed", [0, 3, 7])
 def test_shortcuts_give_exactly_the_plain_algorithm(trained_pair, seed, monkeypatch):
     """Caching, skipping and solving without the certificate search after a solve that
-    re-assigned more than 20% of the rows must not change a single decision. (These 2-hidden-layer models have no
-    independent perms to solve concurrently: see the MergeMany tests of 3-hidden-layer models.)"""
+    re-assigned more than 20% of the rows must not change a single decision. (These 2-hidden-layer
+    models have no independent perms to solve concurrently: see the MergeMany tests of
+    3-hidden-layer models.)"""
     import audit.rebasin as rebasin
 
     _, (a, b) = trained_pair
