@@ -346,18 +346,22 @@ def _test_claim(c: Claim, r: Results, margin: float, alpha: float, n_boot: int, 
 
     def add(label: str, a, b=None, res: dict | None = None):
         if res is None:
-            diff = a - b if b is not None else a
+            with np.errstate(invalid="ignore"):  # inf - inf is NaN: the tests below report it untested
+                diff = a - b if b is not None else a
+                mean_diff = float(np.mean(diff)) if len(diff) else float("nan")
             ref = c.reference or 0.0
             res = stats.one_sample(diff, ref, **kw) if ref else \
                 (stats.paired(a, b, **kw) if b is not None else stats.one_sample(a, **kw))
             if ref:  # report the difference itself; the test is against the reference
-                res.update(effect=float(np.mean(diff)), ci_low=res["ci_low"] + ref, ci_high=res["ci_high"] + ref)
+                res.update(effect=mean_diff, ci_low=res["ci_low"] + ref, ci_high=res["ci_high"] + ref)
             if c.expect == "equivalent":
                 res.update(stats.equivalence(diff, np.zeros_like(diff), margin))
             elif c.expect == "within":
                 res.update(stats.equivalence(diff, np.zeros_like(diff), margin, bounds=c.interval))
             elif c.expect == "non_inferior":
                 res.update(stats.non_inferiority(diff, margin))
+            if len(diff) >= 2 and not np.isfinite(diff).all():  # no test took place: said in the caveat
+                res["model"] = stats.INFINITE_MODEL
         rows.append({"unit": label, **res})
 
     if c.test == "paired":
@@ -391,6 +395,8 @@ def _test_claim(c: Claim, r: Results, margin: float, alpha: float, n_boot: int, 
         res = stats.unpaired(a, b, **kw)
         if c.expect == "equivalent":
             res.update(stats.equivalence_unpaired(a, b, margin))
+        if not np.isfinite(res["p_t"]) and not (np.isfinite(a).all() and np.isfinite(b).all()):
+            res["model"] = stats.INFINITE_MODEL
         add(f"{c.a} vs {c.b}", None, res=res)
     elif c.test == "crossing":
         # Where the method's curve over eps crosses that of the base models it merged: per group,
@@ -421,12 +427,17 @@ def _test_claim(c: Claim, r: Results, margin: float, alpha: float, n_boot: int, 
         if c.include_base:
             base = t[t.kind == "base"][["pool", "depth", "seed", "value"]].rename(columns={"seed": "group"})
             units = pd.concat([units, base])
-        spread = units.groupby(["pool", "depth"]).value.agg(["std", "count"]).reset_index()
-        spread = spread[(spread["count"] >= 2) & (spread["std"] > 0)]
-        k = spread["count"] - 1
-        bias = 0.5 * (digamma(k / 2) + np.log(2 / k))
-        frame = pd.DataFrame({"value": np.log(spread["std"]) - bias, "depth": spread.depth, "pool": spread.pool})
-        res = stats.depth_trend(frame)
+        if np.isfinite(units.value.dropna()).all():
+            spread = units.groupby(["pool", "depth"]).value.agg(["std", "count"]).reset_index()
+            spread = spread[(spread["count"] >= 2) & (spread["std"] > 0)]
+            k = spread["count"] - 1
+            bias = 0.5 * (digamma(k / 2) + np.log(2 / k))
+            frame = pd.DataFrame({"value": np.log(spread["std"]) - bias, "depth": spread.depth, "pool": spread.pool})
+            res = stats.depth_trend(frame)
+        else:  # the sd of a cell with an infinite value is none (NaN), and the cell would drop out unseen
+            nan = float("nan")
+            res = {"n": len(units), "effect": nan, "ci_low": nan, "ci_high": nan, "p_t": nan,
+                   "model": stats.INFINITE_MODEL}
         res.setdefault("mde", float("nan"))
         add(f"slope of log sd per merge level ({c.a})", None, res=res)
     elif c.test == "sides":
@@ -643,7 +654,8 @@ def _combined(verdicts) -> str:
 
 def _caveat(first, g: pd.DataFrame) -> str:
     """What a reader must know beside the verdict: a claim that holds by construction (its
-    "supported" is no evidence), MergeMany models that did not converge."""
+    "supported" is no evidence), units not tested because a value is infinite, MergeMany models
+    that did not converge."""
     notes = []
     by_construction = first.get("by_construction", "")
     if isinstance(by_construction, str) and by_construction:
@@ -651,6 +663,11 @@ def _caveat(first, g: pd.DataFrame) -> str:
         notes.append(f"holds by construction ({by_construction})"
                      + (f"; the informative test is {informative}" if isinstance(informative, str) and informative
                         else ""))
+    if "model" in g:
+        infinite = [u for u, m in zip(g.unit, g.model) if m == stats.INFINITE_MODEL]
+        if infinite:
+            notes.append(f"not tested where a value is infinite ({'; '.join(map(str, infinite))}): a DeepFool "
+                         "median norm is infinite where most points never flipped; see deepfool_unflipped_rate")
     conv = first.get("mergemany_converged", "")
     if isinstance(conv, str) and conv and not conv.endswith("/0"):  # "0/0": nothing recorded
         ok, _, total = conv.partition("/")

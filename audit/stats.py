@@ -32,6 +32,20 @@ def _clean(x) -> np.ndarray:
     return np.asarray(x, dtype=float)
 
 
+def _untestable(*samples: np.ndarray) -> bool:
+    """Whether a test about means has nothing to test: a sample of n >= 2 holds an infinite or
+    NaN value (a DeepFool median norm where most points never flipped), so there is no finite mean
+    or variance. Tests return NaN p-values for it (not in a Holm family) and warn of nothing."""
+    return any(len(x) >= 2 and not np.isfinite(x).all() for x in samples)
+
+
+def _mean_as_is(x: np.ndarray) -> float:
+    """The mean, infinite or NaN as it comes (the mean of +inf and -inf is NaN), without a
+    warning; NaN for no value."""
+    with np.errstate(invalid="ignore"):
+        return float(x.mean()) if len(x) else float("nan")
+
+
 def minimal_detectable_effect(n: int, sd: float, alpha: float = 0.05, power: float = POWER) -> float:
     """Smallest true mean difference a two-sided one-sample/paired t-test at ``alpha`` detects with
     ``power``, in the metric's units: d_z solved by statsmodels, times the sd of the differences."""
@@ -83,6 +97,8 @@ def non_inferiority(values, margin: float) -> dict:
     """One-sided t-test that the mean of ``values`` exceeds ``-margin`` (H0: mean <= -margin), for
     claims of the form "the drop is at most margin"."""
     d = _clean(values)
+    if _untestable(d):
+        return {"p_ni": float("nan")}
     if len(d) < 2 or d.std(ddof=1) == 0:
         above = len(d) >= 2 and d.mean() > -margin
         return {"p_ni": 0.0 if above else 1.0}
@@ -109,15 +125,14 @@ def one_sample(values, value: float = 0.0, *, alpha: float = 0.05, n_boot: int =
     """Mean of ``values`` against ``value``: t-test, Wilcoxon, CI, d_z and the detectable effect."""
     d = _clean(values) - value
     n = len(d)
-    with np.errstate(invalid="ignore"):  # the mean of +inf and -inf is NaN, as it should be
-        mean = float(d.mean()) if n else float("nan")
+    mean = _mean_as_is(d)
     out = {"n": n, "mean": mean + value, "effect": mean}
-    if n >= 2 and not np.isfinite(d).all():
+    if _untestable(d):
         # An infinite value (a DeepFool median norm where most points never flipped, so the
         # smallest flipping norm is unbounded) leaves no finite mean or variance, and every test
         # here is about the mean: nothing is tested (p NaN, so not in a Holm family), and the
-        # caller says so (`compare`'s verdict "undefined"). n < 2 is untestable anyway and keeps
-        # its p = 1 below.
+        # caller says so (`compare`'s verdict "undefined", a claim's caveat). n < 2 is untestable
+        # anyway and keeps its p = 1 below.
         nan = float("nan")
         out.update(ci_low=nan, ci_high=nan, sd=nan, t=nan, p_t=nan, p_wilcoxon=nan, d_z=nan, mde=nan)
         return out
@@ -149,10 +164,8 @@ def paired(a, b, *, alpha: float = 0.05, n_boot: int = 2000, seed: int = 0) -> d
         raise ValueError(f"paired samples differ in length: {len(a)} vs {len(b)}")
     with np.errstate(invalid="ignore"):  # inf - inf is NaN: one_sample reports it untested
         d = a - b
-        means = {"mean_a": float(a.mean()) if len(a) else float("nan"),
-                 "mean_b": float(b.mean()) if len(b) else float("nan")}
     out = one_sample(d, 0.0, alpha=alpha, n_boot=n_boot, seed=seed)
-    out.update(means)
+    out.update(mean_a=_mean_as_is(a), mean_b=_mean_as_is(b))
     return out
 
 
@@ -171,7 +184,10 @@ def equivalence(a, b, margin: float, bounds: tuple[float, float] | None = None) 
     (low, high) when given? (statsmodels ttost_paired)."""
     a, b = _clean(a), _clean(b)
     low, high = bounds if bounds is not None else (-margin, margin)
-    d = a - b
+    with np.errstate(invalid="ignore"):  # inf - inf is NaN: untestable below
+        d = a - b
+    if _untestable(d):
+        return {"n": len(d), "effect": _mean_as_is(d), "margin": margin, "p_tost": float("nan")}
     if len(d) < 2 or d.std(ddof=1) == 0:
         inside = len(d) >= 2 and low < d.mean() < high
         return {"n": len(d), "effect": float(d.mean()) if len(d) else float("nan"), "margin": margin,
@@ -185,6 +201,8 @@ def equivalence_unpaired(a, b, margin: float) -> dict:
     from statsmodels.stats.weightstats import ttost_ind
 
     a, b = _clean(a), _clean(b)
+    if _untestable(a, b):
+        return {"p_tost": float("nan")}
     if len(a) < 2 or len(b) < 2 or (a.std(ddof=1) == 0 and b.std(ddof=1) == 0):
         inside = len(a) >= 2 and len(b) >= 2 and abs(a.mean() - b.mean()) < margin
         return {"p_tost": 0.0 if inside else 1.0}
@@ -239,9 +257,14 @@ def unpaired(a, b, *, alpha: float = 0.05, n_boot: int = 2000, seed: int = 0) ->
     """a vs b on different units: Welch's t-test and Mann-Whitney U (scipy), mean difference with a
     bootstrap CI, Cohen's d (pooled sd) and the detectable effect at the smaller n."""
     a, b = _clean(a), _clean(b)
-    out = {"n": int(min(len(a), len(b))), "n_a": len(a), "n_b": len(b),
-           "mean_a": float(a.mean()) if len(a) else float("nan"), "mean_b": float(b.mean()) if len(b) else float("nan")}
-    out["effect"] = out["mean_a"] - out["mean_b"]
+    out = {"n": int(min(len(a), len(b))), "n_a": len(a), "n_b": len(b), "mean_a": _mean_as_is(a),
+           "mean_b": _mean_as_is(b)}
+    with np.errstate(invalid="ignore"):
+        out["effect"] = out["mean_a"] - out["mean_b"]
+    if _untestable(a, b):
+        nan = float("nan")
+        out.update(ci_low=nan, ci_high=nan, p_t=nan, p_wilcoxon=nan, d_z=nan, mde=nan)
+        return out
     if len(a) < 2 or len(b) < 2:
         out.update(ci_low=float("nan"), ci_high=float("nan"), p_t=1.0, p_wilcoxon=1.0, d_z=float("nan"), mde=float("nan"))
         return out
@@ -261,6 +284,10 @@ def unpaired(a, b, *, alpha: float = 0.05, n_boot: int = 2000, seed: int = 0) ->
     return out
 
 
+# The "model" a test reports where a value is infinite and nothing was tested.
+INFINITE_MODEL = "none (a value is infinite)"
+
+
 def depth_trend(frame: pd.DataFrame) -> dict:
     """Slope of ``value`` per merge level (``depth``), with the pool as a random effect.
 
@@ -276,6 +303,9 @@ def depth_trend(frame: pd.DataFrame) -> dict:
     if n < 3 or df.depth.nunique() < 2:
         return {"n": n, "effect": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "p_t": float("nan"),
                 "model": "none (fewer than 2 depths)"}
+    if _untestable(df.value.to_numpy()):
+        return {"n": n, "effect": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "p_t": float("nan"),
+                "model": INFINITE_MODEL}
     if df.value.std() == 0:
         return {"n": n, "effect": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_t": 1.0, "model": "none (constant values)"}
     if df.pool.nunique() >= 3:

@@ -442,3 +442,32 @@ def test_the_synthetic_table_fits_the_schema(tmp_path):
     path = tmp_path / "table.csv"
     synthetic_results(pools=2, depth=3, seeds=(0,)).to_csv(path, index=False)
     assert len(read_evaluation(path, depth=3).table) == len(pd.read_csv(path))
+
+
+def test_a_unit_with_an_infinite_value_is_not_tested_and_the_caveat_says_why(tmp_path):
+    """One merged group's value infinite (a DeepFool median norm where most points never flipped):
+    the paired, trend and spread units that read it are not tested (inconclusive, no warning), the
+    caveat names them, and units without it are tested as before."""
+    import warnings
+
+    table = synthetic_results(effects={"hierarchical": lambda d: 0.02})
+    first = table[(table.method == "hierarchical") & (table.depth == 2)].index[0]
+    table.loc[first, "value"] = np.inf
+    entries = ({"id": "pair", "test": "paired", "expect": "greater", "a": "hierarchical", "b": "naive",
+                "depth": "[1, 2]"},
+               {"id": "trend", "test": "trend", "expect": "greater", "a": "hierarchical"},
+               {"id": "spread", "test": "spread_trend", "expect": "less", "a": "hierarchical"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        v, rows = verdicts(tmp_path, table, *entries)
+    pair = rows[rows.id == "pair"].set_index("unit")
+    assert pair.verdict.to_dict() == {"depth 1 (2 models)": "supported", "depth 2 (4 models)": "inconclusive"}
+    assert np.isnan(pair.p.iloc[1]) and pair.effect.iloc[1] == np.inf
+    assert v == {"pair": "inconclusive", "trend": "inconclusive", "spread": "inconclusive"}
+    table_v = claim_verdicts(rows).set_index("id")
+    assert "not tested where a value is infinite (depth 2 (4 models))" in table_v.caveat["pair"]
+    for claim in ("trend", "spread"):
+        assert "not tested where a value is infinite" in table_v.caveat[claim]
+    finite = table.assign(value=table.value.replace(np.inf, 0.95))
+    v, rows = verdicts(tmp_path, finite, *entries)
+    assert v["pair"] == "supported" and "infinite" not in " ".join(claim_verdicts(rows).caveat)

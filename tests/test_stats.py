@@ -97,6 +97,33 @@ def test_infinite_values_are_not_tested_and_raise_no_warnings():
     assert stats.paired([1.0, 3.0, 2.0], [0.5, 0.6, 0.7])["p_t"] < 1  # finite: tested as before
 
 
+def test_every_test_about_means_leaves_an_infinite_value_untested_without_warnings():
+    """The equivalence, non-inferiority, unpaired and trend tests too: NaN p-values where a value
+    is infinite, and no numpy or statsmodels warning; the same samples made finite are tested."""
+    import warnings
+
+    a, b = [1.0, np.inf, 2.0, 1.5], [0.5, 0.6, 0.7, 0.4]
+    finite = [2.0, 3.0, 2.5, 2.2]
+    trend = pd.DataFrame({"value": [1.0, 2.0, np.inf, 1.1, 2.1, 3.0], "depth": [1, 2, 3, 1, 2, 3],
+                          "pool": [0, 0, 0, 1, 1, 1]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = stats.equivalence(a, b, 0.1)
+        assert math.isnan(res["p_tost"]) and res["effect"] == np.inf
+        assert math.isnan(stats.equivalence([np.inf, 1.0, 2.0], [np.inf, 0.0, 0.0], 0.1)["p_tost"])  # inf - inf
+        assert math.isnan(stats.non_inferiority(a, 0.1)["p_ni"])
+        assert math.isnan(stats.equivalence_unpaired(a, b, 0.1)["p_tost"])
+        res = stats.unpaired(a, b)
+        assert math.isnan(res["p_t"]) and math.isnan(res["ci_low"]) and res["effect"] == np.inf
+        res = stats.depth_trend(trend)
+        assert math.isnan(res["p_t"]) and res["model"] == stats.INFINITE_MODEL
+    assert stats.equivalence(finite, b, 5.0)["p_tost"] < 0.05
+    assert stats.non_inferiority(finite, 0.1)["p_ni"] < 0.05
+    assert stats.equivalence_unpaired(finite, b, 5.0)["p_tost"] < 0.05
+    assert stats.unpaired(finite, b)["p_t"] < 0.05
+    assert stats.depth_trend(trend.assign(value=trend.value.replace(np.inf, 3.1)))["p_t"] < 0.05
+
+
 def test_non_inferiority_rejects_a_boundary_null_at_most_alpha_and_finds_a_real_margin():
     """Planted mean exactly at -margin (the null's boundary): rejected <= alpha of the time; a
     planted mean of 0 with the same spread is found."""
