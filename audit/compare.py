@@ -58,6 +58,9 @@ def compare(results: Results, *, baseline: str, methods: list[str] | None = None
                              "mergemany_converged": _convergence(results, depth)
                              if "mergemany" in (method, baseline) else ""})
     out = pd.DataFrame(rows, columns=COLUMNS[:-2])
+    # A single group with an infinite value is untested as well (one_sample gives n = 1 p = 1,
+    # "nothing to say", which would read n.s. and enter the family)
+    out.loc[(out.n >= 1) & ~np.isfinite(out["diff"].astype(float)), "p"] = np.nan
     out["p_holm"] = stats.holm(out.p.to_numpy(), alpha)
     out["verdict"] = np.where(out.p.isna(), "undefined",
                               np.where(out.p_holm < alpha, np.where(out["diff"] > 0, "higher", "lower"), "n.s."))

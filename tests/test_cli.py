@@ -97,6 +97,29 @@ def test_compare_calls_a_comparison_with_an_infinite_value_undefined(tmp_path):
     assert f"Holm over these {len(out) - 1} comparisons" in res.output
 
 
+def test_compare_calls_a_single_infinite_group_undefined_too(tmp_path):
+    """At the top depth a pool has one group: with one pool, its paired test has n = 1 (p = 1,
+    nothing to say). An infinite value there is undefined as well, and outside the Holm family."""
+    import io
+
+    import numpy as np
+    import pandas as pd
+
+    params = fixture_project(tmp_path)
+    path = tmp_path / "results" / "evaluation.csv"
+    table = pd.read_csv(path)
+    table = table[table.pool == 0]
+    top = table.depth.max()
+    table.loc[(table.method == "naive") & (table.depth == top), "value"] = np.inf
+    table.to_csv(path, index=False)
+    res = CliRunner().invoke(main, ["compare", "--format", "csv", "--params", str(params)])
+    assert res.exit_code == 0, res.output
+    out = pd.read_csv(io.StringIO(res.output))
+    row = out[(out.method == "naive") & (out.depth == top)].iloc[0]
+    assert row.n == 1 and row.verdict == "undefined" and np.isnan(row.p) and np.isnan(row.p_holm)
+    assert (out[out.depth < top].verdict != "undefined").all()
+
+
 def test_compare_and_claims_say_clearly_when_there_is_nothing_to_read(tmp_path):
     (tmp_path / "params.yaml").write_text("zoo:\n  depth: 3\naudit:\n  beyond_depth: not_measured\n")
     for cmd in (["compare"], ["claims"]):
