@@ -360,7 +360,7 @@ def _test_claim(c: Claim, r: Results, margin: float, alpha: float, n_boot: int, 
                 res.update(stats.equivalence(diff, np.zeros_like(diff), margin, bounds=c.interval))
             elif c.expect == "non_inferior":
                 res.update(stats.non_inferiority(diff, margin))
-            if len(diff) >= 2 and not np.isfinite(diff).all():  # no test took place: said in the caveat
+            if not np.isfinite(diff).all():  # no test took place (n = 1: none either way): said in the caveat
                 res["model"] = stats.INFINITE_MODEL
         rows.append({"unit": label, **res})
 
@@ -370,13 +370,18 @@ def _test_claim(c: Claim, r: Results, margin: float, alpha: float, n_boot: int, 
             add(f"depth {d} ({2 ** d} models)", a, b)
     elif c.test == "depth_change":
         f, t = c.from_depth, c.to_depth
-        change_a = r.by_group(c.metric, c.eps, c.a, t) - r.subgroup_mean(c.metric, c.eps, c.a, f, t)
+        # Groups measured at both depths (by every method compared) are aligned first and only then
+        # subtracted: an infinite value at both depths gives NaN, which must reach the test (and
+        # be reported untested), not be dropped as if the group were missing.
+        parts = [r.by_group(c.metric, c.eps, m, t) for m in (c.a, c.b) if m] + \
+            [r.subgroup_mean(c.metric, c.eps, m, f, t) for m in (c.a, c.b) if m]
+        both = pd.concat(parts, axis=1, keys=range(len(parts))).dropna().to_numpy().T
+        with np.errstate(invalid="ignore"):
+            changes = both[:len(both) // 2] - both[len(both) // 2:]  # per method: at t minus its sub-groups at f
         if c.b:
-            change_b = r.by_group(c.metric, c.eps, c.b, t) - r.subgroup_mean(c.metric, c.eps, c.b, f, t)
-            a, b = _aligned(change_a, change_b)
-            add(f"change {2 ** f}->{2 ** t} models, {c.a} minus {c.b}", a, b)
+            add(f"change {2 ** f}->{2 ** t} models, {c.a} minus {c.b}", changes[0], changes[1])
         else:
-            add(f"change {2 ** f}->{2 ** t} models", change_a.dropna().to_numpy())
+            add(f"change {2 ** f}->{2 ** t} models", changes[0])
     elif c.test == "vs_base":
         for d in c.depth or (1,):
             a, b = _aligned(r.by_group(c.metric, c.eps, c.a, d), r.base_members(c.metric, c.eps, d))
@@ -390,12 +395,13 @@ def _test_claim(c: Claim, r: Results, margin: float, alpha: float, n_boot: int, 
         res.setdefault("mde", float("nan"))
         add(f"slope per merge level ({c.a}{', base = 0' if c.include_base else ''})", None, res=res)
     elif c.test == "unpaired":
-        a = r.select(c.a, c.metric, c.eps).to_numpy()
-        b = r.select(c.b, c.metric, c.eps).to_numpy()
+        # NaN is a value not measured (a DeepFool norm where no point is classified correctly)
+        a = r.select(c.a, c.metric, c.eps).dropna().to_numpy()
+        b = r.select(c.b, c.metric, c.eps).dropna().to_numpy()
         res = stats.unpaired(a, b, **kw)
         if c.expect == "equivalent":
             res.update(stats.equivalence_unpaired(a, b, margin))
-        if not np.isfinite(res["p_t"]) and not (np.isfinite(a).all() and np.isfinite(b).all()):
+        if not (np.isfinite(a).all() and np.isfinite(b).all()):  # untested (or n = 1: untestable anyway)
             res["model"] = stats.INFINITE_MODEL
         add(f"{c.a} vs {c.b}", None, res=res)
     elif c.test == "crossing":
@@ -427,17 +433,21 @@ def _test_claim(c: Claim, r: Results, margin: float, alpha: float, n_boot: int, 
         if c.include_base:
             base = t[t.kind == "base"][["pool", "depth", "seed", "value"]].rename(columns={"seed": "group"})
             units = pd.concat([units, base])
-        if np.isfinite(units.value.dropna()).all():
-            spread = units.groupby(["pool", "depth"]).value.agg(["std", "count"]).reset_index()
-            spread = spread[(spread["count"] >= 2) & (spread["std"] > 0)]
+        units = units.dropna(subset=["value"])
+        units["infinite"] = np.isinf(units.value)
+        spread = units.groupby(["pool", "depth"]).agg(std=("value", "std"), count=("value", "count"),
+                                                      infinite=("infinite", "any")).reset_index()
+        spread = spread[spread["count"] >= 2]  # a cell of one unit has no spread
+        if spread.infinite.any():  # its sd would be NaN, and the cell would drop out unseen
+            nan = float("nan")
+            res = {"n": len(spread), "effect": nan, "ci_low": nan, "ci_high": nan, "p_t": nan,
+                   "model": stats.INFINITE_MODEL}
+        else:
+            spread = spread[spread["std"] > 0]
             k = spread["count"] - 1
             bias = 0.5 * (digamma(k / 2) + np.log(2 / k))
             frame = pd.DataFrame({"value": np.log(spread["std"]) - bias, "depth": spread.depth, "pool": spread.pool})
             res = stats.depth_trend(frame)
-        else:  # the sd of a cell with an infinite value is none (NaN), and the cell would drop out unseen
-            nan = float("nan")
-            res = {"n": len(units), "effect": nan, "ci_low": nan, "ci_high": nan, "p_t": nan,
-                   "model": stats.INFINITE_MODEL}
         res.setdefault("mde", float("nan"))
         add(f"slope of log sd per merge level ({c.a})", None, res=res)
     elif c.test == "sides":

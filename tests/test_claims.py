@@ -471,3 +471,41 @@ def test_a_unit_with_an_infinite_value_is_not_tested_and_the_caveat_says_why(tmp
     finite = table.assign(value=table.value.replace(np.inf, 0.95))
     v, rows = verdicts(tmp_path, finite, *entries)
     assert v["pair"] == "supported" and "infinite" not in " ".join(claim_verdicts(rows).caveat)
+
+
+def test_infinite_values_reach_every_test_that_reads_them_and_only_those(tmp_path):
+    """An infinite value at both depths of a depth change (inf - inf) is untested, not dropped as
+    a missing group; the unpaired test of a selection holding it is untested; an infinite value
+    in a spread cell of one unit (the top depth: one group per pool), which has no spread anyway,
+    leaves the spread trend exactly as a finite value there does."""
+    import warnings
+
+    table = synthetic_results(effects={"hierarchical": lambda d: -0.01 * d})
+    h = table[(table.method == "hierarchical") & (table.pool == 0) & (table.group == 0)]
+    table.loc[h[h.depth.isin([1, 2])].index, "value"] = np.inf
+    entries = ({"id": "change", "test": "depth_change", "expect": "less", "a": "hierarchical",
+                "from_depth": 1, "to_depth": 2},
+               {"id": "change-vs", "test": "depth_change", "expect": "less", "a": "hierarchical", "b": "naive",
+                "from_depth": 1, "to_depth": 2},
+               {"id": "unpaired", "test": "unpaired", "expect": "less", "a": "merged:hierarchical@2", "b": "base"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        v, rows = verdicts(tmp_path, table, *entries)
+    assert v == {"change": "inconclusive", "change-vs": "inconclusive", "unpaired": "inconclusive"}
+    assert list(rows.n) == [6, 6, 12]  # no group dropped: 3 pools x 2 groups at depth 2, x 2 seeds unpaired
+    caveats = claim_verdicts(rows).set_index("id").caveat
+    assert all("not tested where a value is infinite" in caveats[i] for i in v)
+    finite = table.assign(value=table.value.replace(np.inf, 0.85))
+    assert verdicts(tmp_path, finite, *entries)[0] == {"change": "supported", "change-vs": "supported",
+                                                       "unpaired": "supported"}
+
+    spread = {"id": "spread", "test": "spread_trend", "expect": "less", "a": "hierarchical"}
+    top = synthetic_results()
+    last = top[(top.method == "hierarchical") & (top.depth == 3)].index[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rows_inf = verdicts(tmp_path, top.assign(value=top.value.where(top.index != last, np.inf)), spread)[1]
+    rows_fin = verdicts(tmp_path, top.assign(value=top.value.where(top.index != last, 0.5)), spread)[1]
+    cols = ["n", "effect", "p", "verdict", "model"]
+    pd.testing.assert_frame_equal(rows_inf[cols], rows_fin[cols])
+    assert rows_inf.model.iloc[0] != "none (a value is infinite)"
