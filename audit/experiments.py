@@ -48,19 +48,36 @@ def _env() -> dict:
     return env
 
 
-def dvc(root: Path, *args: str, check: bool = True) -> str:
+class NoAnswer(ExperimentError):
+    """A dvc status query did not answer within its time limit."""
+
+
+# Seconds a status query (`dvc exp show`, `dvc queue status`) may take before it is given up and
+# asked again: they answer in 1-5 s here. Without a limit, `audit sensitivity` was once seen still
+# waiting 13 minutes after its one experiment had finished, with no poll reaching the queue after
+# the worker exited (no restart of the queue, which three polls without a worker would have made).
+STATUS_TIMEOUT_S = 120.0
+
+
+def dvc(root: Path, *args: str, check: bool = True, timeout: float | None = None) -> str:
+    """Run dvc in ``root`` and return its stdout; ExperimentError (one line) if it fails, or
+    NoAnswer if it runs past ``timeout`` seconds (it is killed)."""
     exe = shutil.which("dvc", path=_env()["PATH"])
     if exe is None:
         raise ExperimentError("dvc: not found next to this Python or on PATH (install the project: make setup)")
+    named = " ".join(a for a in args if not a.startswith("-"))[:80]
     # Output through files, not pipes: `dvc queue start` leaves a daemon worker that inherits the
     # command's stdout and stderr, and a pipe would not see its end until that worker exits.
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.run([exe, *args], cwd=root, env=_env(), stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        try:
+            proc = subprocess.run([exe, *args], cwd=root, env=_env(), stdin=subprocess.DEVNULL, stdout=out,
+                                  stderr=err, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise NoAnswer(f"dvc {named}: no answer in {timeout:g} s") from None
         out.seek(0), err.seek(0)
         stdout, stderr = out.read(), err.read()
     if check and proc.returncode != 0:
         lines = [ln for ln in (stderr or stdout).splitlines() if ln.strip()]
-        named = " ".join(a for a in args if not a.startswith("-"))[:80]
         raise ExperimentError(f"dvc {named}: {lines[-1] if lines else f'exit {proc.returncode}'}")
     return stdout
 
@@ -85,7 +102,7 @@ def experiments(root: Path) -> dict[str, Experiment]:
     out = {}
     for attempt in range(5):
         try:
-            shown = dvc(root, "exp", "show", "--json", "--no-pager")
+            shown = dvc(root, "exp", "show", "--json", "--no-pager", timeout=STATUS_TIMEOUT_S)
             break
         except ExperimentError:
             # `dvc exp show` can fail while the queue creates or cleans an experiment's workspace
@@ -108,8 +125,13 @@ def experiments(root: Path) -> dict[str, Experiment]:
 
 
 def workers_active(root: Path) -> bool:
-    """Whether a queue worker is alive (`dvc queue status` ends with "Worker status: N active, ...")."""
-    text = dvc(root, "queue", "status", check=False)
+    """Whether a queue worker is alive (`dvc queue status` ends with "Worker status: N active, ...").
+    A status that does not answer counts as alive: the next poll asks again, and no second worker
+    is started beside one that may be busy."""
+    try:
+        text = dvc(root, "queue", "status", check=False, timeout=STATUS_TIMEOUT_S)
+    except NoAnswer:
+        return True
     for line in text.splitlines():
         if line.startswith("Worker status:"):
             return not line.split(":", 1)[1].strip().startswith("0 active")
